@@ -1,0 +1,5 @@
+"""`python -m bot` runs the `mobilize` command line."""
+
+from bot.cli import main
+
+main()

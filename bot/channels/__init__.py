@@ -1,0 +1,1 @@
+"""Platform adapters: each translates between a chat platform and the core."""

@@ -1,0 +1,208 @@
+"""The Bolt app: thin listeners that ack, translate the payload and call the core."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from typing import Any
+
+from slack_bolt import Ack, App, BoltResponse, Respond
+from slack_sdk import WebClient
+from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
+
+from bot.channels.slack.chat import SlackChat, call
+from bot.channels.slack.render import action_id_of, to_blocks, to_payload
+from bot.core import messages as m
+from bot.core.faq.desk import Asker, FaqDesk
+from bot.core.messages import Address, Message
+from bot.metrics import ANSWER_SECONDS, DUPLICATES, EVENTS, QUESTIONS
+from bot.store.models import SlackEvent
+
+log = logging.getLogger(__name__)
+IGNORED_SUBTYPES = {
+    "message_changed",
+    "message_deleted",
+    "bot_message",
+    "channel_join",
+    "channel_leave",
+}
+
+
+def build_app(
+    *, client: WebClient, signing_secret: str, desk: FaqDesk, db: Engine, support_channel: str
+) -> App:
+    """A Bolt app answering DMs, mentions and /ask, with feedback, escalation and App Home."""
+    app = App(client=client, signing_secret=signing_secret, token_verification_enabled=False)
+    chat = SlackChat(client)
+
+    @app.middleware
+    def drop_retried_events(body: dict[str, Any], next: Any) -> BoltResponse | None:
+        """A retried event (same event_id) is acked and dropped, also after a restart."""
+        event_id = body.get("event_id") if body.get("type") == "event_callback" else None
+        if event_id and not _first_time(db, str(event_id)):
+            DUPLICATES.inc()
+            return BoltResponse(status=200, body="")
+        next()
+        return None
+
+    def ask(text: str, asker: Asker) -> Message:
+        started = time.perf_counter()
+        reply = desk.ask(text, asker)
+        ANSWER_SECONDS.observe(time.perf_counter() - started)
+        QUESTIONS.labels(decision=reply.decision.kind).inc()
+        return reply.message
+
+    @app.event("message")
+    def on_message(event: dict[str, Any]) -> None:
+        if event.get("subtype") in IGNORED_SUBTYPES or event.get("bot_id") or not event.get("user"):
+            return
+        text, user, channel = (
+            str(event.get("text") or ""),
+            str(event["user"]),
+            str(event.get("channel", "")),
+        )
+        thread_ts = event.get("thread_ts")
+        if channel == support_channel and thread_ts and thread_ts != event.get("ts"):
+            EVENTS.labels(kind="support_reply").inc()
+            desk.relay_reply(
+                channel=channel, thread_ts=str(thread_ts), user_id=user, text=text, chat=chat
+            )
+            return
+        if event.get("channel_type") != "im":
+            return
+        EVENTS.labels(kind="dm").inc()
+        thread = str(thread_ts or "")
+        chat.post(
+            Address(channel, thread or None),
+            ask(text, Asker(user, channel, thread or str(event.get("ts", "")))),
+        )
+
+    @app.event("app_mention")
+    def on_mention(event: dict[str, Any]) -> None:
+        if event.get("bot_id") or not event.get("user"):
+            return
+        channel = str(event.get("channel", ""))
+        if channel == support_channel and event.get("thread_ts"):
+            return  # a reply in a ticket thread: the message listener relays it
+        EVENTS.labels(kind="mention").inc()
+        thread = str(event.get("thread_ts") or event.get("ts") or "")
+        message = ask(str(event.get("text") or ""), Asker(str(event["user"]), channel, thread))
+        chat.post(Address(channel, thread), message)
+
+    @app.command("/ask")
+    def on_ask(ack: Ack, command: dict[str, Any]) -> None:
+        EVENTS.labels(kind="command").inc()
+        user = str(command.get("user_id", ""))
+        # Replies to a later click go to the asker's DM with the app, never to the channel.
+        message = ask(str(command.get("text") or ""), Asker(user, user))
+        ack(response_type="ephemeral", **to_payload(message))
+
+    @app.action(re.compile(r"^faq\."))
+    def on_faq_action(
+        ack: Ack, body: dict[str, Any], action: dict[str, Any], respond: Respond
+    ) -> None:
+        ack()
+        EVENTS.labels(kind="faq_action").inc()
+        interaction = _interaction(body, action)
+        handlers = {
+            m.FAQ_PICK: lambda: desk.pick(interaction.value, interaction.user_id),
+            m.FAQ_RELATED: lambda: desk.pick(interaction.value, interaction.user_id),
+            m.FAQ_NONE: lambda: desk.none_of_these(interaction.value, interaction.user_id),
+            m.FAQ_HELPFUL: lambda: desk.vote(interaction.value, interaction.user_id, helpful=True),
+            m.FAQ_NOT_HELPFUL: lambda: desk.vote(
+                interaction.value, interaction.user_id, helpful=False
+            ),
+            m.FAQ_HUMAN: lambda: desk.escalate(interaction.value, interaction.user_id, chat),
+        }
+        handler = handlers.get(interaction.action_id)
+        if handler is None:
+            return
+        reply = handler()
+        container = body.get("container") or {}
+        if container.get("is_ephemeral") and body.get("response_url"):
+            respond(response_type="ephemeral", replace_original=False, **to_payload(reply))
+        elif container.get("is_ephemeral") or not interaction.channel_id:
+            chat.post(Address(interaction.user_id), reply)
+        else:
+            chat.post(Address(interaction.channel_id, interaction.thread_ts or None), reply)
+
+    @app.action(re.compile(r"^support\."))
+    def on_support_action(ack: Ack, body: dict[str, Any], action: dict[str, Any]) -> None:
+        ack()
+        EVENTS.labels(kind="support_action").inc()
+        interaction = _interaction(body, action)
+        if interaction.action_id == m.SUPPORT_CLAIM:
+            desk.claim(interaction.value, interaction.user_id, chat)
+        elif interaction.action_id == m.SUPPORT_RESOLVE:
+            desk.resolve(interaction.value, interaction.user_id, chat)
+        elif interaction.action_id == m.SUPPORT_SAVE:
+            notice = desk.save_as_faq(interaction.value, interaction.user_id)
+            chat.post(Address(interaction.channel_id, only_for=interaction.user_id), notice)
+
+    @app.event("app_home_opened")
+    def on_home(event: dict[str, Any]) -> None:
+        if event.get("tab", "home") != "home":
+            return
+        EVENTS.labels(kind="home").inc()
+        view = {
+            "type": "home",
+            "blocks": [block.to_dict() for block in to_blocks(home_message(desk))],
+        }
+        call(client, "views.publish", user_id=str(event.get("user", "")), view=view)
+
+    @app.error
+    def on_error(error: Exception, body: dict[str, Any]) -> None:
+        log.exception("unhandled error for a %s request", body.get("type", "?"), exc_info=error)
+
+    return app
+
+
+def home_message(desk: FaqDesk) -> Message:
+    """The App Home: what the bot does and the most asked questions."""
+    state = desk.engine.state
+    lines = [
+        f"*Hi! I help with the {state.rollout.name} rollout.*",
+        "• Ask me anything in this DM, mention me in a channel, or type `/ask` anywhere.\n"
+        "• If I'm not sure, I'll suggest answers; if I don't know, a person from support "
+        "takes over.\n"
+        "• Announcements and pulse surveys about the rollout come here too.",
+    ]
+    asked = desk.most_asked(5)
+    if asked:
+        lines.append("*Most asked*\n" + "\n".join(f"• {entry.question}" for entry, _count in asked))
+    else:
+        sample = list(state.kb.entries.values())[:5]
+        if sample:
+            lines.append("*Try asking*\n" + "\n".join(f"• {entry.question}" for entry in sample))
+    return m.say(*lines)
+
+
+def _first_time(db: Engine, event_id: str) -> bool:
+    with Session(db) as session:
+        session.add(SlackEvent(event_id=event_id))
+        try:
+            session.commit()
+        except IntegrityError:
+            session.rollback()
+            return False
+    return True
+
+
+def _interaction(body: dict[str, Any], action: dict[str, Any]) -> m.Interaction:
+    message = body.get("message") or {}
+    channel = (
+        (body.get("channel") or {}).get("id")
+        or (body.get("container") or {}).get("channel_id")
+        or ""
+    )
+    return m.Interaction(
+        action_id=action_id_of(str(action.get("action_id", ""))),
+        value=str(action.get("value") or ""),
+        user_id=str((body.get("user") or {}).get("id", "")),
+        channel_id=str(channel),
+        message_ts=str(message.get("ts") or ""),
+        thread_ts=str(message.get("thread_ts") or ""),
+    )

@@ -1,0 +1,131 @@
+"""Block Kit for a core `Message`, built with slack_sdk's models so Slack's limits are checked.
+
+Trusted Markdown from content files becomes mrkdwn; user text is escaped (`&`, `<`, `>`), so
+nobody can make the bot post `@channel`, `<!here>` or a disguised link.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from slack_sdk.models.blocks import (
+    ActionsBlock,
+    Block,
+    ButtonElement,
+    ContextBlock,
+    MarkdownTextObject,
+    SectionBlock,
+)
+
+from bot.core.messages import Message
+
+SECTION_LIMIT = 3000  # characters of text in one section block
+CONTEXT_LIMIT = 10  # elements in one context block
+ACTIONS_LIMIT = 25  # elements in one actions block
+BLOCKS_LIMIT = 50  # blocks in one message
+BUTTON_TEXT = 75
+TEXT_LIMIT = 3000  # of the notification/fallback text we send
+
+# Slack tokens we allow in trusted text: user and channel mentions and links. Never <!…>.
+_SLACK_TOKEN = re.compile(
+    r"<(?:@[UW][A-Z0-9]+|#[CG][A-Z0-9]+(?:\|[^<>]*)?|(?:https?|mailto):[^<>|\s]+(?:\|[^<>]*)?)>"
+)
+_MD_LINK = re.compile(r"\[([^\]\n]+)\]\(((?:https?|mailto):[^)\s]+)\)")
+_MD_BOLD = re.compile(r"\*\*(.+?)\*\*|__(.+?)__")
+_MD_HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*#*$", re.MULTILINE)
+_MD_BULLET = re.compile(r"^(\s*)[-*+]\s+", re.MULTILINE)
+
+
+def escape(text: str) -> str:
+    """Escape user text for mrkdwn: `&`, `<` and `>` only (not HTML entities for quotes)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def markdown_to_mrkdwn(text: str) -> str:
+    """Trusted Markdown → Slack mrkdwn, keeping only safe Slack tokens (mentions, links)."""
+    kept: list[str] = []
+
+    def keep(token: str) -> str:
+        kept.append(token)
+        return f"\x00{len(kept) - 1}\x00"
+
+    text = _SLACK_TOKEN.sub(lambda m: keep(m.group(0)), text)
+    text = _MD_LINK.sub(
+        lambda m: keep(f"<{m.group(2)}|{escape(m.group(1)).replace('|', '¦')}>"), text
+    )
+    text = escape(text)
+    text = _MD_BOLD.sub(lambda m: f"*{m.group(1) or m.group(2)}*", text)
+    text = _MD_HEADING.sub(lambda m: f"*{m.group(1)}*", text)
+    text = _MD_BULLET.sub(lambda m: f"{m.group(1)}• ", text)
+    return re.sub("\x00(\\d+)\x00", lambda m: kept[int(m.group(1))], text)
+
+
+def split_text(text: str, limit: int = SECTION_LIMIT) -> list[str]:
+    """Cut text into pieces of at most `limit` characters, at paragraph, line or word ends."""
+    pieces: list[str] = []
+    while len(text) > limit:
+        cut = max(
+            text.rfind("\n\n", 0, limit), text.rfind("\n", 0, limit), text.rfind(" ", 0, limit)
+        )
+        if cut <= limit // 2:
+            cut = limit
+        pieces.append(text[:cut].rstrip())
+        text = text[cut:].lstrip()
+    if text:
+        pieces.append(text)
+    return pieces
+
+
+def _plain(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def to_blocks(message: Message) -> list[Block]:
+    """Block Kit blocks for a message, every limit respected (long text split, extras dropped)."""
+    blocks: list[Block] = []
+    for part in message.parts:
+        body = markdown_to_mrkdwn(part.body) if part.trusted else escape(part.body)
+        for piece in split_text(body):
+            blocks.append(SectionBlock(text=MarkdownTextObject(text=piece)))
+    if message.context:
+        elements = [
+            MarkdownTextObject(text=_plain(markdown_to_mrkdwn(line), SECTION_LIMIT))
+            for line in message.context[:CONTEXT_LIMIT]
+        ]
+        blocks.append(ContextBlock(elements=elements))
+    if message.buttons:
+        buttons = [
+            ButtonElement(
+                text=_plain(button.label, BUTTON_TEXT),
+                action_id=f"{button.action_id}:{index}",
+                value=button.value[:2000] if not button.url else None,
+                url=button.url,
+                style=button.style,
+            )
+            for index, button in enumerate(message.buttons[:ACTIONS_LIMIT])
+        ]
+        blocks.append(ActionsBlock(elements=buttons))
+    if len(blocks) > BLOCKS_LIMIT:
+        blocks = [
+            *blocks[: BLOCKS_LIMIT - 2],
+            SectionBlock(text=MarkdownTextObject(text="…")),
+            blocks[-1],
+        ]
+    for block in blocks:
+        block.validate_json()
+    return blocks
+
+
+def to_payload(message: Message) -> dict[str, Any]:
+    """`text` and `blocks` arguments for chat.postMessage / chat.update."""
+    text = markdown_to_mrkdwn(message.summary) if message.summary else escape(message.plain)
+    return {
+        "text": _plain(text or " ", TEXT_LIMIT),
+        "blocks": [block.to_dict() for block in to_blocks(message)],
+    }
+
+
+def action_id_of(raw: str) -> str:
+    """The core's action id from a Block Kit one (`faq.pick:2` → `faq.pick`)."""
+    return raw.split(":", 1)[0]

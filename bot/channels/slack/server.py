@@ -1,0 +1,62 @@
+"""HTTP mode: Slack requests at POST /slack/events, GET /healthz and GET /metrics, on waitress."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from slack_bolt import App
+from slack_bolt.adapter.wsgi import SlackRequestHandler
+from waitress.server import create_server
+
+StartResponse = Callable[..., Any]
+
+
+class WebApp:
+    """A WSGI app: Bolt for Slack's requests, plus health and metrics for operators."""
+
+    def __init__(self, app: App, *, ready: Callable[[], bool]) -> None:
+        self.slack = SlackRequestHandler(app)
+        self.ready = ready
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "GET")
+        if path == "/slack/events" and method == "POST":
+            return self.slack(environ, start_response)
+        if path == "/healthz" and method == "GET":
+            ok = self.ready()
+            start_response(
+                "200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain")]
+            )
+            return [b"ok\n" if ok else b"starting\n"]
+        if path == "/metrics" and method == "GET":
+            start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST)])
+            return [generate_latest()]
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"not found\n"]
+
+
+class HttpServer:
+    """The web app on a port (0 picks a free one); `start()` runs it in a thread."""
+
+    def __init__(
+        self, web: WebApp, *, host: str = "0.0.0.0", port: int = 3000, threads: int = 8
+    ) -> None:
+        self.server = create_server(web, host=host, port=port, threads=threads, ident="mobilize")
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self.server.effective_port)  # type: ignore[union-attr]
+
+    def serve_forever(self) -> None:
+        self.server.run()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.server.run, name="http", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.server.close()

@@ -1,0 +1,372 @@
+"""The `mobilize` command line. Errors are printed as plain messages, never tracebacks."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
+
+from bot.config import Settings, SettingsError, get_settings
+from bot.core.content import ContentError, ContentErrors
+
+app = typer.Typer(
+    help="Mobilize: FAQ answers, announcements and pulse surveys for a rollout.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+faq_app = typer.Typer(
+    help="The FAQ knowledge base: import, export, ask, evaluate, learn.", no_args_is_help=True
+)
+db_app = typer.Typer(help="The database.", no_args_is_help=True)
+app.add_typer(faq_app, name="faq")
+app.add_typer(db_app, name="db")
+console = Console()
+err = Console(stderr=True, soft_wrap=True)
+T = TypeVar("T")
+
+
+def main() -> None:
+    """Entry point of `mobilize` and `python -m bot`."""
+    try:
+        app()
+    except SettingsError as exc:
+        err.print(f"[red]Settings problem:[/red]\n{exc}", highlight=False, markup=True)
+        sys.exit(2)
+    except ContentErrors as exc:
+        for error in exc.errors:
+            err.print(str(error), highlight=False, markup=False)
+        err.print(f"[red]{len(exc.errors)} content error(s).[/red]")
+        sys.exit(1)
+    except OperationalError as exc:
+        err.print(
+            f"[red]Database problem:[/red] {exc.orig or exc}. Check DATABASE_URL.", markup=True
+        )
+        sys.exit(3)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def _settings() -> Settings:
+    settings = get_settings()
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return settings
+
+
+def _db(settings: Settings) -> Engine:
+    from bot.store.db import make_engine, upgrade
+
+    engine = make_engine(settings.database_url)
+    upgrade(engine)
+    return engine
+
+
+def _desk(settings: Settings, *, semantic: bool = True) -> Any:
+    from bot.core.faq.desk import FaqDesk
+    from bot.core.faq.engine import FaqEngine
+    from bot.service import make_embedder
+
+    db = _db(settings)
+    embedder = make_embedder(settings, db) if semantic else None
+    engine = FaqEngine(content_dir=settings.content_dir, embedder=embedder, db=db)
+    engine.load()
+    return FaqDesk(engine=engine, db=db, support_channel=settings.support_channel)
+
+
+@app.command()
+def run(
+    http: Annotated[
+        bool, typer.Option("--http", help="Serve Slack's HTTP requests instead of Socket Mode.")
+    ] = False,
+    port: Annotated[int, typer.Option(help="Port for HTTP mode.")] = 3000,
+    host: Annotated[str, typer.Option(help="Address to listen on in HTTP mode.")] = "0.0.0.0",
+) -> None:
+    """Run the bot: Socket Mode when SLACK_APP_TOKEN is set and --http is not given, else HTTP."""
+    settings = _settings()
+    socket_mode = bool(settings.slack_app_token) and not http
+    settings.require_slack(socket_mode=socket_mode)
+    from bot.service import Service
+
+    service = Service(settings)
+    service.watch_content()
+    if socket_mode:
+        from slack_bolt.adapter.socket_mode import SocketModeHandler
+
+        handler = SocketModeHandler(service.app, settings.slack_app_token)
+        service.ready.set()
+        console.print("Mobilize is running in Socket Mode. Ctrl-C stops it.")
+        handler.start()
+    else:
+        server = service.http_server(port=port, host=host)
+        service.ready.set()
+        console.print(
+            f"Mobilize is listening on http://{host}:{server.port}/slack/events "
+            "(and /healthz, /metrics)."
+        )
+        server.serve_forever()
+
+
+@app.command()
+def chat(
+    lexical: Annotated[
+        bool, typer.Option("--lexical", help="Skip the semantic model (faster start).")
+    ] = False,
+) -> None:
+    """Chat with the bot in the terminal; reads questions from stdin when piped."""
+    from bot.channels.console import run_chat
+
+    settings = _settings()
+    run_chat(_desk(settings, semantic=not lexical))
+
+
+@app.command()
+def check() -> None:
+    """Validate messages/ and schedules/; prints file:line: reason and exits non-zero on errors."""
+    from bot.core.faq.kb import load_content
+
+    settings = get_settings()
+    rollout, kb, errors = load_content(settings.content_dir, now=datetime.now(UTC))
+    if errors:
+        raise ContentErrors(errors)
+    console.print(
+        f"OK: {len(kb)} FAQ entries, {len(rollout.milestones)} milestones "
+        f"in {settings.content_dir.resolve()}"
+    )
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply database migrations (also done on every start)."""
+    from bot.store.db import current_revision
+
+    settings = _settings()
+    engine = _db(settings)
+    console.print(f"Database at revision {current_revision(engine)}.")
+
+
+@faq_app.command("import")
+def faq_import(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="A QnA Maker / Custom Question Answering TSV export.", exists=True, dir_okay=False
+        ),
+    ],
+    replace: Annotated[bool, typer.Option(help="Remove existing entry files first.")] = False,
+) -> None:
+    """Import a QnA Maker TSV export into messages/faq/ (the QnaId becomes the entry id)."""
+    from bot.core.faq.kb import faq_dir, read_qna_tsv, write_entries
+
+    settings = get_settings()
+    entries, errors = read_qna_tsv(file)
+    if errors:
+        raise ContentErrors(errors)
+    folder = faq_dir(settings.content_dir)
+    if replace and folder.is_dir():
+        for old in folder.glob("*.md"):
+            old.unlink()
+    written = write_entries(entries, folder)
+    phrasings = sum(len(e.phrasings) for e in entries)
+    console.print(f"Imported {len(written)} entries ({phrasings} phrasings) into {folder}.")
+
+
+@faq_app.command("export")
+def faq_export(
+    output: Annotated[
+        Path | None, typer.Argument(help="Output TSV file (default: stdout).")
+    ] = None,
+) -> None:
+    """Export the knowledge base (with approved alternates) as a QnA Maker TSV."""
+    from bot.core.faq.engine import FaqEngine
+    from bot.core.faq.kb import load_content, write_qna_tsv
+
+    settings = get_settings()
+    _rollout, kb, errors = load_content(settings.content_dir, now=datetime.now(UTC))
+    if errors:
+        raise ContentErrors(errors)
+    extra = FaqEngine(
+        content_dir=settings.content_dir, embedder=None, db=_db(settings)
+    ).learned_alternates()
+    if output is None:
+        write_qna_tsv(kb, sys.stdout, extra=extra)
+        return
+    with output.open("w", encoding="utf-8", newline="") as handle:
+        rows = write_qna_tsv(kb, handle, extra=extra)
+    console.print(f"Wrote {rows} rows for {len(kb)} entries to {output}.")
+
+
+@faq_app.command("ask")
+def faq_ask(
+    question: Annotated[str, typer.Argument(help="The question, as a user would type it.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show the ranking and the decision for one question."""
+    settings = _settings()
+    desk = _desk(settings)
+    state = desk.engine.state
+    ranked = state.matcher.rank(question, k=5)
+    decision = state.policy.decide(ranked)
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "decision": decision.kind,
+                    "confidence": round(decision.confidence, 4),
+                    "ranking": [
+                        {
+                            "id": c.entry_id,
+                            "score": round(c.score, 4),
+                            "question": state.kb.entries[c.entry_id].question,
+                        }
+                        for c in ranked
+                        if c.entry_id in state.kb.entries
+                    ],
+                },
+                indent=2,
+            )
+        )
+        return
+    table = Table("rank", "entry", "score", "question")
+    for number, candidate in enumerate(ranked, start=1):
+        entry = state.kb.entries.get(candidate.entry_id)
+        table.add_row(
+            str(number),
+            candidate.entry_id,
+            f"{candidate.score:.3f}",
+            entry.question if entry else "?",
+        )
+    console.print(table)
+    console.print(
+        f"Decision: [bold]{decision.kind}[/bold] (confidence {decision.confidence:.2f}, "
+        f"semantic={'on' if state.matcher.semantic else 'off'})"
+    )
+
+
+@faq_app.command("eval")
+def faq_eval(
+    cases_file: Annotated[
+        Path,
+        typer.Argument(
+            help="CSV with columns question,expected_id (empty id = should not be answered).",
+            exists=True,
+            dir_okay=False,
+        ),
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Batch-test the knowledge base, like QnA Maker's batch test."""
+    from bot.core.faq.evaluate import EvalCase, evaluate
+
+    cases = _read_cases(cases_file)
+    settings = _settings()
+    desk = _desk(settings)
+    state = desk.engine.state
+    unknown = sorted(
+        {c.expected_id for c in cases if c.expected_id and c.expected_id not in state.kb.entries}
+    )
+    if unknown:
+        raise ContentErrors(
+            [
+                ContentError(
+                    cases_file,
+                    1,
+                    f"expected_id not in the knowledge base: {', '.join(unknown[:10])}",
+                )
+            ]
+        )
+    report = evaluate(
+        [EvalCase(c.question, c.expected_id) for c in cases],
+        matcher=state.matcher,
+        policy=state.policy,
+    )
+    if as_json:
+        print(json.dumps(report))
+        return
+    table = Table("metric", "value")
+    for key, value in report.items():
+        table.add_row(
+            key,
+            "—" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value)),
+        )
+    console.print(table)
+
+
+def _read_cases(path: Path) -> list[Any]:
+    from bot.core.faq.evaluate import EvalCase
+
+    cases = []
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames or "question" not in reader.fieldnames:
+            raise ContentErrors(
+                [ContentError(path, 1, "expected a header row: question,expected_id")]
+            )
+        for row in reader:
+            question = (row.get("question") or "").strip()
+            if question:
+                cases.append(EvalCase(question, (row.get("expected_id") or "").strip() or None))
+    if not cases:
+        raise ContentErrors([ContentError(path, 1, "no cases")])
+    return cases
+
+
+@faq_app.command("gaps")
+def faq_gaps(limit: Annotated[int, typer.Option(help="Groups to show.")] = 20) -> None:
+    """Unanswered and badly answered questions grouped by similarity, and phrasings to approve."""
+    from bot.core.faq.gaps import gap_questions, group_gaps, picks
+
+    settings = _settings()
+    desk = _desk(settings)
+    gaps = group_gaps(gap_questions(desk.db), embedder=desk.engine.embedder)
+    if not gaps:
+        console.print("No gaps: every question so far was answered and nobody said it didn't help.")
+    else:
+        table = Table("asked", "example", "why", "also asked as")
+        for gap in gaps[:limit]:
+            why = ", ".join(f"{reason} ×{count}" for reason, count in gap.reasons.items())
+            table.add_row(str(len(gap.questions)), gap.example, why, "; ".join(gap.questions[1:4]))
+        console.print(table)
+    found = picks(desk.db)
+    if found:
+        table = Table(
+            "picked", "entry", 'phrasing (approve with: mobilize faq approve ENTRY "PHRASING")'
+        )
+        for pick in found[:limit]:
+            table.add_row(str(pick.count), pick.entry_id, pick.question)
+        console.print(table)
+
+
+@faq_app.command("approve")
+def faq_approve(
+    entry_id: Annotated[str, typer.Argument(help="The entry the phrasing belongs to.")],
+    phrasing: Annotated[str, typer.Argument(help="The phrasing to add as an alternate.")],
+    admin: Annotated[str, typer.Option(help="Who approves (recorded in the audit log).")] = "cli",
+) -> None:
+    """Approve a phrasing as a new alternate of an entry; the running bot uses it at once."""
+    from bot.store.audit import record
+
+    settings = _settings()
+    desk = _desk(settings, semantic=False)
+    try:
+        desk.approve_alternate(entry_id=entry_id, text=phrasing, admin=admin)
+    except KeyError:
+        raise ContentErrors(
+            [
+                ContentError(
+                    settings.content_dir / "messages" / "faq", 1, f"no FAQ entry {entry_id!r}"
+                )
+            ]
+        ) from None
+    record(desk.db, actor=admin, action="faq.approve_alternate", detail=f"{entry_id}: {phrasing}")
+    console.print(f"Added {phrasing!r} to {entry_id}.")

@@ -1,0 +1,138 @@
+"""Settings from the environment and `.env`; every one is documented in `.env.example`."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# What to put in each variable, shown when it is missing or malformed.
+HINTS: dict[str, str] = {
+    "SLACK_BOT_TOKEN": "the Bot User OAuth Token (xoxb-…) from your Slack app's "
+    "'OAuth & Permissions' page",
+    "SLACK_SIGNING_SECRET": "the Signing Secret from your Slack app's 'Basic Information' page",
+    "SLACK_APP_TOKEN": "an app-level token with connections:write (xapp-…), for Socket Mode",
+    "SLACK_API_URL": "the Slack Web API base URL, e.g. https://slack.com/api/",
+    "DATABASE_URL": "a SQLAlchemy URL, e.g. sqlite:///./mobilize.db or postgresql+psycopg://user@host/db",
+    "MOBILIZE_CONTENT_DIR": "the folder holding messages/ and schedules/",
+    "MOBILIZE_ADMINS": "comma-separated Slack user ids, e.g. U012ABC,U034DEF",
+    "MOBILIZE_SUPPORT_CHANNEL": "the channel id (C…) where escalated questions go",
+    "MOBILIZE_TIMEZONE": "an IANA time zone name such as Europe/London",
+    "MOBILIZE_EMBEDDING_MODEL": "a sentence-transformers model name or local path, or 'none'",
+    "MOBILIZE_LOG_LEVEL": "DEBUG, INFO, WARNING or ERROR",
+}
+
+
+class SettingsError(Exception):
+    """A setting is missing or malformed; the message names the variable and what to put there."""
+
+
+class Settings(BaseSettings):
+    """Every setting of the bot. Read once with `get_settings()`."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    slack_bot_token: str = Field(default="", alias="SLACK_BOT_TOKEN")
+    slack_signing_secret: str = Field(default="", alias="SLACK_SIGNING_SECRET")
+    slack_app_token: str = Field(default="", alias="SLACK_APP_TOKEN")
+    slack_api_url: str = Field(default="https://slack.com/api/", alias="SLACK_API_URL")
+    database_url: str = Field(default="sqlite:///./mobilize.db", alias="DATABASE_URL")
+    content_dir: Path = Field(default=Path("."), alias="MOBILIZE_CONTENT_DIR")
+    admins: str = Field(default="", alias="MOBILIZE_ADMINS")
+    support_channel: str = Field(default="", alias="MOBILIZE_SUPPORT_CHANNEL")
+    timezone: str = Field(default="", alias="MOBILIZE_TIMEZONE")
+    embedding_model: str = Field(
+        default="sentence-transformers/all-MiniLM-L6-v2", alias="MOBILIZE_EMBEDDING_MODEL"
+    )
+    log_level: str = Field(default="INFO", alias="MOBILIZE_LOG_LEVEL")
+    slack_max_retries: int = Field(default=3, ge=0, le=10, alias="MOBILIZE_SLACK_MAX_RETRIES")
+
+    @field_validator("slack_api_url")
+    @classmethod
+    def _api_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value if value.endswith("/") else value + "/"
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        if value:
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError) as exc:
+                raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        value = value.upper()
+        if value not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError(f"unknown log level {value!r}")
+        return value
+
+    @field_validator("admins")
+    @classmethod
+    def _admins(cls, value: str) -> str:
+        for user_id in filter(None, (part.strip() for part in value.split(","))):
+            if user_id[:1] not in {"U", "W"}:
+                raise ValueError(f"{user_id!r} is not a Slack user id")
+        return value
+
+    @property
+    def admin_ids(self) -> frozenset[str]:
+        return frozenset(filter(None, (part.strip() for part in self.admins.split(","))))
+
+    @property
+    def embedding_enabled(self) -> bool:
+        return self.embedding_model.lower() not in {"", "none", "off"}
+
+    def require_slack(self, *, socket_mode: bool) -> None:
+        """Raise SettingsError naming each Slack variable the chosen mode still needs."""
+        needed = ["SLACK_BOT_TOKEN"] + (
+            ["SLACK_APP_TOKEN"] if socket_mode else ["SLACK_SIGNING_SECRET"]
+        )
+        values = {
+            "SLACK_BOT_TOKEN": self.slack_bot_token,
+            "SLACK_SIGNING_SECRET": self.slack_signing_secret,
+            "SLACK_APP_TOKEN": self.slack_app_token,
+        }
+        missing = [name for name in needed if not values[name]]
+        if missing:
+            raise SettingsError(
+                "\n".join(
+                    f"{name} is not set: put {HINTS[name]} there (env or .env)" for name in missing
+                )
+            )
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings, turning validation errors into one SettingsError naming each variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else "?"
+            variable = _alias(field)
+            hint = HINTS.get(variable, "a valid value")
+            lines.append(f"{variable}: {error['msg']}; put {hint} there (env or .env)")
+        raise SettingsError("\n".join(lines)) from None
+
+
+def _alias(field: str) -> str:
+    info = Settings.model_fields.get(field)
+    if info is not None and info.alias:
+        return info.alias
+    return field.upper()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

@@ -1,0 +1,1 @@
+"""The platform-free core: it builds `Message`s and handles `Interaction`s."""

@@ -1,0 +1,111 @@
+"""The serving knowledge base: the last good content, its matcher and calibrated policy.
+
+A reload builds everything aside and swaps it in whole; a bad edit leaves the last good
+knowledge base serving and reports the errors.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bot.core.faq.embed import Embedder
+from bot.core.faq.matcher import Matcher
+from bot.core.faq.policy import Decision, Policy, calibrate
+from sqlalchemy import Engine
+from sqlmodel import Session, select
+
+from bot.core.content import ContentError, ContentErrors, Rollout
+from bot.core.faq.kb import KnowledgeBase, load_content
+from bot.store.models import LearnedAlternate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FaqState:
+    rollout: Rollout
+    kb: KnowledgeBase
+    matcher: Matcher
+    policy: Policy
+    loaded_at: datetime
+
+
+class FaqEngine:
+    """Answers questions from the last good knowledge base. Thread-safe: reads see one state."""
+
+    def __init__(
+        self,
+        *,
+        content_dir: Path,
+        embedder: Embedder | None,
+        db: Engine | None = None,
+        on_errors: Callable[[list[ContentError]], None] | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.content_dir = content_dir
+        self.embedder = embedder
+        self.db = db
+        self.on_errors = on_errors
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._state: FaqState | None = None
+
+    @property
+    def state(self) -> FaqState:
+        if self._state is None:
+            self.load()
+        assert self._state is not None
+        return self._state
+
+    def load(self) -> list[ContentError]:
+        """(Re)load content. The first load raises ContentErrors on bad content; later loads keep
+        the last good state, report through `on_errors` and return the errors."""
+        now = self.clock()
+        rollout, kb, errors = load_content(self.content_dir, now=now)
+        if errors:
+            if self._state is None:
+                raise ContentErrors(errors)
+            log.warning(
+                "content has %d error(s); still serving the last good knowledge base", len(errors)
+            )
+            for error in errors:
+                log.warning("%s", error)
+            if self.on_errors:
+                self.on_errors(errors)
+            return errors
+        state = self._build(rollout, kb, now)
+        with self._lock:
+            self._state = state
+        log.info("knowledge base loaded: %d entries, semantic=%s", len(kb), state.matcher.semantic)
+        return []
+
+    def _build(self, rollout: Rollout, kb: KnowledgeBase, now: datetime) -> FaqState:
+        phrasings = kb.phrasings(self.learned_alternates())
+        matcher = Matcher(phrasings, embedder=self.embedder)
+        policy = calibrate(phrasings, embedder=self.embedder)
+        return FaqState(rollout=rollout, kb=kb, matcher=matcher, policy=policy, loaded_at=now)
+
+    def learned_alternates(self) -> list[tuple[str, str]]:
+        if self.db is None:
+            return []
+        with Session(self.db) as session:
+            rows = session.exec(select(LearnedAlternate).order_by(LearnedAlternate.id))  # type: ignore[arg-type]
+            return [(row.entry_id, row.text) for row in rows]
+
+    def add_alternate(self, entry_id: str, text: str) -> None:
+        """Use an approved phrasing at once, without re-embedding the knowledge base."""
+        state = self.state
+        with self._lock:
+            if entry_id not in state.kb.entries:
+                raise KeyError(entry_id)
+            matcher = state.matcher.with_phrasings([(entry_id, text)])
+            self._state = FaqState(state.rollout, state.kb, matcher, state.policy, state.loaded_at)
+
+    def decide(self, question: str) -> Decision:
+        state = self.state
+        return state.policy.decide(state.matcher.rank(question, k=5))

@@ -1,0 +1,115 @@
+"""Platform-free messages and interactions. Renderers turn a `Message` into Block Kit or text.
+
+Text is either *trusted* Markdown written by the rollout team (content files), or *user* text
+that renderers escape so nobody can make the bot post `@channel` or a fake link.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+# Action ids: "<area>.<verb>"; listeners route on them, the core handles them.
+FAQ_HELPFUL = "faq.helpful"
+FAQ_NOT_HELPFUL = "faq.not_helpful"
+FAQ_HUMAN = "faq.human"
+FAQ_PICK = "faq.pick"
+FAQ_NONE = "faq.none"
+FAQ_RELATED = "faq.related"
+SUPPORT_CLAIM = "support.claim"
+SUPPORT_RESOLVE = "support.resolve"
+SUPPORT_SAVE = "support.save_faq"
+
+USER_ID = re.compile(r"^[UW][A-Z0-9]{1,20}$")
+
+
+@dataclass(frozen=True)
+class Text:
+    """A paragraph: trusted Markdown from content files, or user text to be escaped."""
+
+    body: str
+    trusted: bool = True
+
+
+@dataclass(frozen=True)
+class Button:
+    label: str
+    action_id: str
+    value: str = ""
+    url: str | None = None
+    style: Literal["primary", "danger"] | None = None
+
+
+@dataclass(frozen=True)
+class Message:
+    """What the bot says: paragraphs, small print, buttons, and a one-line notification text."""
+
+    parts: tuple[Text, ...]
+    context: tuple[str, ...] = ()
+    buttons: tuple[Button, ...] = ()
+    summary: str = ""
+
+    @property
+    def plain(self) -> str:
+        """Every paragraph as plain text (the terminal and notification fallback)."""
+        return "\n\n".join(part.body for part in self.parts)
+
+
+def say(
+    *parts: str | Text,
+    context: tuple[str, ...] = (),
+    buttons: tuple[Button, ...] = (),
+    summary: str = "",
+) -> Message:
+    """Build a Message; plain strings are trusted Markdown."""
+    texts = tuple(part if isinstance(part, Text) else Text(part) for part in parts)
+    first = next((text.body for text in texts if text.trusted), "")
+    return Message(texts, context=context, buttons=buttons, summary=summary or first[:150])
+
+
+def user_text(body: str) -> Text:
+    return Text(body, trusted=False)
+
+
+def mention(user_id: str) -> str:
+    """A mention of a user by id; anything that is not a user id is shown as plain text."""
+    return f"<@{user_id}>" if USER_ID.match(user_id) else user_id.replace("<", "").replace(">", "")
+
+
+@dataclass(frozen=True)
+class Address:
+    """Where a message goes: a conversation, maybe a thread, maybe seen by one user only."""
+
+    channel: str
+    thread_ts: str | None = None
+    only_for: str | None = None  # a user id: an ephemeral message
+
+
+@dataclass(frozen=True)
+class Posted:
+    channel: str
+    ts: str
+
+
+@dataclass(frozen=True)
+class Interaction:
+    """A button click or similar, translated from the platform."""
+
+    action_id: str
+    value: str
+    user_id: str
+    channel_id: str = ""
+    message_ts: str = ""
+    thread_ts: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class Chat(Protocol):
+    """The port the core talks to; each platform (Slack, the terminal) implements it."""
+
+    def post(self, address: Address, message: Message) -> Posted | None: ...
+
+    def update(self, posted: Posted, message: Message) -> None: ...
+
+    def permalink(self, channel: str, ts: str) -> str | None: ...

@@ -1,0 +1,998 @@
+"""A loopback stand-in for Slack's Web API, in the style of bolt-python's mock servers.
+
+Point a real ``slack_sdk.WebClient(base_url=fake.url)`` at it (or use ``fake.client()``), run
+the code under test, then assert on ``fake.calls`` / ``fake.wait_for(...)``.  The server binds
+127.0.0.1 on a free port and never talks to anything else.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import copy
+import json
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlsplit
+
+from slack_sdk import WebClient
+
+__all__ = ["Call", "FakeSlack"]
+
+T = TypeVar("T")
+
+JSON_CONTENT_TYPE = "application/json; charset=utf-8"
+BOT_ID = "BBOT"
+APP_ID = "A1"
+TEAM_DOMAIN = "example"
+_TS_BASE_SECONDS = 1_700_000_000
+# Form fields that slack_sdk (and Slack's docs) send as JSON strings inside form data.
+_JSON_FIELDS = frozenset(
+    {"blocks", "attachments", "metadata", "view", "user_auth_blocks", "chunks", "unfurls"}
+)
+_TRUE = frozenset({"1", "true", "True", "TRUE", "yes"})
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request the fake received.
+
+    ``headers`` has lower-cased names. ``at`` is ``time.monotonic()`` on arrival. ``status`` and
+    ``response`` are what the fake answered (``status`` 429 for rate-limited calls).
+    """
+
+    method: str
+    params: dict[str, Any]
+    headers: dict[str, str]
+    at: float
+    status: int = 200
+    response: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200 and bool(self.response.get("ok"))
+
+
+class _ApiError(Exception):
+    def __init__(self, error: str) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+@dataclass
+class _Limit:
+    per_second: float
+    per_channel: bool
+    burst: float
+    # bucket key -> (tokens, last refill time)
+    buckets: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Answer:
+    status: int
+    payload: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+Handler = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # concurrent clients must not overflow the listen backlog
+    allow_reuse_address = True
+
+    def __init__(self, fake: FakeSlack) -> None:
+        self.fake = fake
+        super().__init__(("127.0.0.1", 0), _RequestHandler)
+
+
+class _RequestHandler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+    timeout = 30  # idle keep-alive connections give up eventually
+
+    def do_POST(self) -> None:
+        self._handle()
+
+    def do_GET(self) -> None:
+        self._handle()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _read_body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            chunks: list[bytes] = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return b"".join(chunks)
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _handle(self) -> None:
+        raw = self._read_body()
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        status, body, extra = self.server.fake._dispatch(self.path, raw, headers)
+        self.send_response(status)
+        self.send_header("Content-Type", JSON_CONTENT_TYPE)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in extra.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class FakeSlack:
+    """A Slack Web API on 127.0.0.1 for tests: records every call, answers like Slack, can be
+    told to fail.
+
+    State that tests may read or seed directly (hold no references across threads you do not
+    control; the server mutates these under ``self._cond``):
+
+    - ``users``: user id -> user object
+    - ``messages``: channel id -> stored messages, oldest first
+    - ``ephemeral``: every ``chat.postEphemeral`` (channel, user, text, blocks, message_ts)
+    - ``channel_members``: channel id -> member ids (for ``conversations.members``)
+    - ``usergroup_members``: usergroup id -> member ids (for ``usergroups.users.list``)
+    - ``views``: view id -> view; ``home_views``: user id -> published Home tab view
+    - ``reactions``: every reaction added (channel, ts, name)
+    - ``rejected_429``: how many HTTP 429 answers the fake has sent
+    """
+
+    def __init__(self, *, bot_user_id: str = "UBOT", team_id: str = "T1") -> None:
+        self.bot_user_id = bot_user_id
+        self.bot_id = BOT_ID
+        self.team_id = team_id
+        self.calls: list[Call] = []
+        self.users: dict[str, dict[str, Any]] = {}
+        self.messages: dict[str, list[dict[str, Any]]] = {}
+        self.ephemeral: list[dict[str, Any]] = []
+        self.channel_members: dict[str, list[str]] = {}
+        self.usergroup_members: dict[str, list[str]] = {}
+        self.views: dict[str, dict[str, Any]] = {}
+        self.home_views: dict[str, dict[str, Any]] = {}
+        self.reactions: list[dict[str, str]] = []
+        self.rejected_429 = 0
+        self._cond = threading.Condition()
+        self._faults: dict[str, deque[tuple[str, str | int]]] = {}
+        self._limits: dict[str, _Limit] = {}
+        self._ts_counter = 0
+        self._view_counter = 0
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._handlers: dict[str, Handler] = {
+            "auth.test": self._auth_test,
+            "chat.postMessage": self._chat_post_message,
+            "chat.postEphemeral": self._chat_post_ephemeral,
+            "chat.update": self._chat_update,
+            "chat.delete": self._chat_delete,
+            "chat.getPermalink": self._chat_get_permalink,
+            "conversations.open": self._conversations_open,
+            "conversations.history": self._conversations_history,
+            "conversations.replies": self._conversations_replies,
+            "conversations.members": self._conversations_members,
+            "users.info": self._users_info,
+            "users.list": self._users_list,
+            "users.lookupByEmail": self._users_lookup_by_email,
+            "usergroups.users.list": self._usergroups_users_list,
+            "views.publish": self._views_publish,
+            "views.open": self._views_open,
+            "views.update": self._views_update,
+            "reactions.add": self._reactions_add,
+            "response_url": lambda params: {},
+        }
+        self._preload_users()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        if self._server is not None:
+            return
+        self._server = _Server(self)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="fake-slack",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        server, thread = self._server, self._thread
+        self._server, self._thread = None, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if thread is not None:
+            thread.join(timeout=5)
+
+    def __enter__(self) -> FakeSlack:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("FakeSlack is not started")
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        """Base URL for ``WebClient(base_url=...)``, e.g. ``http://127.0.0.1:PORT/api/``."""
+        return f"http://127.0.0.1:{self.port}/api/"
+
+    @property
+    def response_url(self) -> str:
+        """A ``response_url`` that lands here; calls are recorded with method ``"response_url"``."""
+        return f"http://127.0.0.1:{self.port}/response/"
+
+    def client(self, *, token: str = "xoxb-test-token", **kwargs: Any) -> WebClient:
+        """A real WebClient pointed at this fake that ignores HTTP(S)_PROXY env variables."""
+        web_client = WebClient(token=token, base_url=self.url, **kwargs)
+        web_client.proxy = None  # slack_sdk reads proxies from the environment; stay on loopback
+        return web_client
+
+    # ------------------------------------------------------------------ inspection
+
+    def calls_to(self, method: str) -> list[Call]:
+        with self._cond:
+            return [c for c in self.calls if c.method == method]
+
+    def wait_for(
+        self,
+        method: str,
+        *,
+        count: int = 1,
+        timeout: float = 5.0,
+        where: Callable[[Call], bool] | None = None,
+    ) -> list[Call]:
+        """Block until at least ``count`` calls to ``method`` (matching ``where``) arrived.
+
+        Returns every matching call so far. Raises AssertionError listing the calls seen.
+        """
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                found = [
+                    c for c in self.calls if c.method == method and (where is None or where(c))
+                ]
+                if len(found) >= count:
+                    return found
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(
+                        self._describe_timeout(method, count, timeout, found, where is not None)
+                    )
+                self._cond.wait(remaining)
+
+    def _describe_timeout(
+        self, method: str, count: int, timeout: float, found: list[Call], filtered: bool
+    ) -> str:
+        lines = [
+            f"expected {count} call(s) to {method!r}"
+            f"{' matching `where`' if filtered else ''}, got {len(found)} "
+            f"within {timeout}s; {len(self.calls)} call(s) seen:"
+        ]
+        shown = self.calls[-50:]
+        if len(self.calls) > len(shown):
+            lines.append(f"  ... {len(self.calls) - len(shown)} earlier call(s) omitted")
+        for call in shown:
+            params = {k: v for k, v in call.params.items() if k != "token"}
+            text = json.dumps(params, default=str, sort_keys=True)
+            if len(text) > 200:
+                text = text[:197] + "..."
+            result = call.response.get("error") or ("ok" if call.ok else "")
+            lines.append(f"  {call.method} [{call.status} {result}] {text}")
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------------ behaviour control
+
+    def fail(self, method: str, error: str, *, times: int = 1) -> None:
+        """The next ``times`` calls to ``method`` answer ``{"ok": false, "error": error}``."""
+        with self._cond:
+            queue = self._faults.setdefault(method, deque())
+            queue.extend(("fail", error) for _ in range(times))
+
+    def rate_limit(self, method: str, *, retry_after: int = 1, times: int = 1) -> None:
+        """The next ``times`` calls to ``method`` answer HTTP 429 with ``Retry-After``."""
+        with self._cond:
+            queue = self._faults.setdefault(method, deque())
+            queue.extend(("429", retry_after) for _ in range(times))
+
+    def limit(
+        self,
+        method: str,
+        *,
+        per_second: float,
+        per_channel: bool = False,
+        burst: float = 3.0,
+    ) -> None:
+        """Enforce a token-bucket rate limit on ``method``.
+
+        Each bucket (one per ``channel`` when ``per_channel``) holds up to ``burst`` tokens and
+        refills at ``per_second``; it starts full. A call with no token left is answered HTTP 429
+        with ``Retry-After`` = seconds until the next token (at least 1), has no effect and adds to
+        ``rejected_429``. Slack's chat.postMessage is ``limit("chat.postMessage", per_second=1,
+        per_channel=True)``.
+        """
+        if per_second <= 0 or burst < 1:
+            raise ValueError("per_second must be > 0 and burst >= 1")
+        with self._cond:
+            self._limits[method] = _Limit(per_second, per_channel, float(burst))
+
+    def add_user(self, user_id: str, **fields: Any) -> dict[str, Any]:
+        """Add (or replace) a user. ``fields`` override the user object's top-level keys; the
+        shortcuts ``email``, ``display_name``, ``first_name``, ``last_name``, ``title`` and a
+        ``profile`` dict are merged into ``profile``; ``real_name`` sets both."""
+        name = str(fields.pop("name", user_id.lower()))
+        real_name = str(fields.pop("real_name", name.title()))
+        first, _, last = real_name.partition(" ")
+        tz = str(fields.pop("tz", "Europe/London"))
+        profile: dict[str, Any] = {
+            "real_name": real_name,
+            "real_name_normalized": real_name,
+            "display_name": name,
+            "display_name_normalized": name,
+            "first_name": first,
+            "last_name": last,
+            "title": "",
+            "email": f"{name}@example.com",
+            "team": self.team_id,
+            "status_text": "",
+            "status_emoji": "",
+            "image_48": f"https://avatars.example.com/{user_id}_48.png",
+        }
+        for key in ("email", "display_name", "first_name", "last_name", "title"):
+            if key in fields:
+                profile[key] = fields.pop(key)
+        profile.update(fields.pop("profile", {}))
+        user: dict[str, Any] = {
+            "id": user_id,
+            "team_id": self.team_id,
+            "name": name,
+            "real_name": real_name,
+            "deleted": False,
+            "color": "9f69e7",
+            "tz": tz,
+            "tz_label": tz,
+            "tz_offset": 0,
+            "profile": profile,
+            "is_admin": False,
+            "is_owner": False,
+            "is_primary_owner": False,
+            "is_restricted": False,
+            "is_ultra_restricted": False,
+            "is_bot": False,
+            "is_app_user": False,
+            "updated": _TS_BASE_SECONDS,
+            "is_email_confirmed": True,
+        }
+        user.update(fields)
+        with self._cond:
+            self.users[user_id] = user
+        return user
+
+    def add_message(
+        self,
+        channel: str,
+        text: str,
+        *,
+        user: str = "U1",
+        ts: str | None = None,
+        thread_ts: str | None = None,
+        **fields: Any,
+    ) -> dict[str, Any]:
+        """Seed a message (e.g. one a human posted) so history/replies/update can see it."""
+        with self._cond:
+            message: dict[str, Any] = {
+                "type": "message",
+                "user": user,
+                "text": text,
+                "ts": ts or self._next_ts(),
+                "team": self.team_id,
+            }
+            if thread_ts:
+                message["thread_ts"] = thread_ts
+            message.update(fields)
+            self._store_message(channel, message)
+            return message
+
+    def _preload_users(self) -> None:
+        self.add_user(
+            "U1",
+            name="alice",
+            real_name="Alice Archer",
+            tz="Europe/London",
+            tz_label="Greenwich Mean Time",
+            tz_offset=0,
+        )
+        self.add_user(
+            "U2",
+            name="bob",
+            real_name="Bob Brown",
+            tz="America/New_York",
+            tz_label="Eastern Standard Time",
+            tz_offset=-18000,
+        )
+        self.add_user(
+            "U3",
+            name="chika",
+            real_name="Chika Sato",
+            tz="Asia/Tokyo",
+            tz_label="Japan Standard Time",
+            tz_offset=32400,
+        )
+        self.add_user(
+            self.bot_user_id,
+            name="mobilize",
+            real_name="Mobilize",
+            tz="America/Los_Angeles",
+            tz_label="Pacific Standard Time",
+            tz_offset=-28800,
+            is_bot=True,
+            is_email_confirmed=False,
+            profile={"email": None, "bot_id": self.bot_id, "api_app_id": APP_ID},
+        )
+        self.add_user(
+            "U9",
+            name="dana",
+            real_name="Dana Gone",
+            tz="Europe/Berlin",
+            tz_label="Central European Time",
+            tz_offset=3600,
+            deleted=True,
+        )
+
+    # ------------------------------------------------------------------ request dispatch
+
+    def _dispatch(
+        self, raw_path: str, raw: bytes, headers: dict[str, str]
+    ) -> tuple[int, bytes, dict[str, str]]:
+        at = time.monotonic()
+        parts = urlsplit(raw_path)
+        path = parts.path
+        if path.startswith("/api/"):
+            method = path[len("/api/") :].strip("/")
+        elif path.startswith("/response"):
+            method = "response_url"
+        else:
+            method = path.strip("/") or "/"
+        parse_error: str | None = None
+        try:
+            params = _parse_params(parts.query, raw, headers.get("content-type", ""))
+        except ValueError:
+            params = {"_raw": raw.decode("utf-8", "replace")}
+            parse_error = "invalid_json"
+        with self._cond:
+            if parse_error is not None:
+                answer = _Answer(200, {"ok": False, "error": parse_error})
+            else:
+                answer = self._answer(method, params, at)
+            body = json.dumps(answer.payload).encode("utf-8")
+            self.calls.append(
+                Call(
+                    method=method,
+                    params=params,
+                    headers=headers,
+                    at=at,
+                    status=answer.status,
+                    response=json.loads(body),
+                )
+            )
+            self._cond.notify_all()
+        return answer.status, body, answer.headers
+
+    def _answer(self, method: str, params: dict[str, Any], now: float) -> _Answer:
+        faults = self._faults.get(method)
+        if faults:
+            kind, value = faults.popleft()
+            if kind == "fail":
+                return _Answer(200, {"ok": False, "error": str(value)})
+            return self._too_many(int(value))
+        limit = self._limits.get(method)
+        if limit is not None:
+            wait = self._take_token(limit, method, params, now)
+            if wait is not None:
+                return self._too_many(max(1, math.ceil(wait)))
+        handler = self._handlers.get(method)
+        if handler is None:
+            return _Answer(200, {"ok": False, "error": "unknown_method"})
+        try:
+            result = handler(params)
+        except _ApiError as e:
+            return _Answer(200, {"ok": False, "error": e.error})
+        return _Answer(200, {"ok": True, **result})
+
+    def _too_many(self, retry_after: int) -> _Answer:
+        self.rejected_429 += 1
+        return _Answer(
+            429, {"ok": False, "error": "ratelimited"}, {"Retry-After": str(retry_after)}
+        )
+
+    def _take_token(
+        self, limit: _Limit, method: str, params: dict[str, Any], now: float
+    ) -> float | None:
+        """Take a token; return None on success or the seconds until one is available."""
+        key = ""
+        if limit.per_channel:
+            key = _dm_channel(str(params.get("channel") or ""))
+        tokens, last = limit.buckets.get(key, (limit.burst, now))
+        tokens = min(limit.burst, tokens + (now - last) * limit.per_second)
+        if tokens >= 1.0:
+            limit.buckets[key] = (tokens - 1.0, now)
+            return None
+        limit.buckets[key] = (tokens, now)
+        return (1.0 - tokens) / limit.per_second
+
+    # ------------------------------------------------------------------ helpers
+
+    def _next_ts(self) -> str:
+        self._ts_counter += 1
+        micros = self._ts_counter * 100
+        return f"{_TS_BASE_SECONDS + micros // 1_000_000}.{micros % 1_000_000:06d}"
+
+    def _user(self, user_id: str) -> dict[str, Any]:
+        user = self.users.get(user_id)
+        if user is None:
+            raise _ApiError("user_not_found")
+        return user
+
+    def _find_message(self, channel: str, ts: str) -> dict[str, Any] | None:
+        for message in self.messages.get(channel, []):
+            if message["ts"] == ts:
+                return message
+        return None
+
+    def _store_message(self, channel: str, message: dict[str, Any]) -> None:
+        stored = self.messages.setdefault(channel, [])
+        key = _ts_key(message["ts"])
+        index = len(stored)
+        while index > 0 and _ts_key(stored[index - 1]["ts"]) > key:
+            index -= 1
+        stored.insert(index, message)
+        thread_ts = message.get("thread_ts")
+        if thread_ts and thread_ts != message["ts"]:
+            parent = self._find_message(channel, thread_ts)
+            if parent is not None:
+                message.setdefault("parent_user_id", parent.get("user"))
+                self._refresh_thread(channel, parent)
+
+    def _refresh_thread(self, channel: str, parent: dict[str, Any]) -> None:
+        replies = [
+            m
+            for m in self.messages.get(channel, [])
+            if m.get("thread_ts") == parent["ts"] and m["ts"] != parent["ts"]
+        ]
+        if not replies:
+            for key in ("reply_count", "reply_users", "reply_users_count", "latest_reply"):
+                parent.pop(key, None)
+            return
+        parent["thread_ts"] = parent["ts"]
+        parent["reply_count"] = len(replies)
+        reply_users = list(dict.fromkeys(str(m.get("user")) for m in replies))
+        parent["reply_users"] = reply_users
+        parent["reply_users_count"] = len(reply_users)
+        parent["latest_reply"] = replies[-1]["ts"]
+
+    def _post_channel(self, params: dict[str, Any]) -> str:
+        channel = str(params.get("channel") or "")
+        if not channel:
+            raise _ApiError("channel_not_found")
+        if channel[0] in "UW":
+            user = self.users.get(channel)
+            if user is None or user.get("deleted"):
+                raise _ApiError("channel_not_found")
+            if user.get("is_bot"):
+                raise _ApiError("cannot_dm_bot")
+        return _dm_channel(channel)
+
+    def _page(
+        self, items: Sequence[T], params: dict[str, Any], default_limit: int | None
+    ) -> tuple[list[T], str]:
+        limit = _int(params.get("limit"), 0) or default_limit or len(items) or 1
+        start = _decode_cursor(str(params.get("cursor") or ""))
+        end = start + limit
+        next_cursor = _encode_cursor(end) if end < len(items) else ""
+        return list(items[start:end]), next_cursor
+
+    def _new_view(self, view: Any, view_id: str | None = None) -> dict[str, Any]:
+        if not isinstance(view, dict) or "type" not in view:
+            raise _ApiError("invalid_arguments")
+        self._view_counter += 1
+        if view_id is None:
+            view_id = f"V{self._view_counter:08d}"
+        stored = copy.deepcopy(view)
+        stored.update(
+            {
+                "id": view_id,
+                "team_id": self.team_id,
+                "blocks": stored.get("blocks", []),
+                "private_metadata": stored.get("private_metadata", ""),
+                "callback_id": stored.get("callback_id", ""),
+                "external_id": stored.get("external_id", ""),
+                "state": {"values": {}},
+                "hash": f"{_TS_BASE_SECONDS}.{self._view_counter:08x}",
+                "root_view_id": view_id,
+                "previous_view_id": None,
+                "app_id": APP_ID,
+                "app_installed_team_id": self.team_id,
+                "bot_id": self.bot_id,
+            }
+        )
+        self.views[view_id] = stored
+        return stored
+
+    # ------------------------------------------------------------------ methods
+
+    def _auth_test(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "url": f"https://{TEAM_DOMAIN}.slack.com/",
+            "team": "Example Org",
+            "user": self.users.get(self.bot_user_id, {}).get("name", "mobilize"),
+            "team_id": self.team_id,
+            "user_id": self.bot_user_id,
+            "bot_id": self.bot_id,
+            "is_enterprise_install": False,
+        }
+
+    def _chat_post_message(self, params: dict[str, Any]) -> dict[str, Any]:
+        channel = self._post_channel(params)
+        if not params.get("text") and not params.get("blocks") and not params.get("attachments"):
+            raise _ApiError("no_text")
+        message: dict[str, Any] = {
+            "type": "message",
+            "user": self.bot_user_id,
+            "bot_id": self.bot_id,
+            "app_id": APP_ID,
+            "team": self.team_id,
+            "text": str(params.get("text") or ""),
+            "ts": self._next_ts(),
+        }
+        for key in ("blocks", "attachments", "metadata"):
+            if params.get(key) is not None:
+                message[key] = copy.deepcopy(params[key])
+        thread_ts = params.get("thread_ts")
+        if thread_ts:
+            message["thread_ts"] = str(thread_ts)
+            if _truthy(params.get("reply_broadcast")):
+                message["subtype"] = "thread_broadcast"
+        self._store_message(channel, message)
+        return {"channel": channel, "ts": message["ts"], "message": copy.deepcopy(message)}
+
+    def _chat_post_ephemeral(self, params: dict[str, Any]) -> dict[str, Any]:
+        channel = _dm_channel(str(params.get("channel") or ""))
+        if not channel:
+            raise _ApiError("channel_not_found")
+        user = str(params.get("user") or "")
+        self._user(user)
+        if not params.get("text") and not params.get("blocks") and not params.get("attachments"):
+            raise _ApiError("no_text")
+        ts = self._next_ts()
+        self.ephemeral.append(
+            {
+                "channel": channel,
+                "user": user,
+                "text": params.get("text") or "",
+                "blocks": copy.deepcopy(params.get("blocks")),
+                "thread_ts": params.get("thread_ts"),
+                "message_ts": ts,
+            }
+        )
+        return {"message_ts": ts}
+
+    def _own_message(
+        self, params: dict[str, Any], ts_key: str, denied: str
+    ) -> tuple[str, dict[str, Any]]:
+        channel = str(params.get("channel") or "")
+        if not channel:
+            raise _ApiError("channel_not_found")
+        message = self._find_message(channel, str(params.get(ts_key) or ""))
+        if message is None:
+            raise _ApiError("message_not_found")
+        if message.get("bot_id") != self.bot_id:
+            raise _ApiError(denied)
+        return channel, message
+
+    def _chat_update(self, params: dict[str, Any]) -> dict[str, Any]:
+        channel, message = self._own_message(params, "ts", "cant_update_message")
+        if "text" in params:
+            message["text"] = str(params.get("text") or "")
+        for key in ("blocks", "attachments", "metadata"):
+            if key in params:
+                if params[key] is None:
+                    message.pop(key, None)
+                else:
+                    message[key] = copy.deepcopy(params[key])
+        message["edited"] = {"user": self.bot_user_id, "ts": self._next_ts()}
+        return {
+            "channel": channel,
+            "ts": message["ts"],
+            "text": message["text"],
+            "message": copy.deepcopy(message),
+        }
+
+    def _chat_delete(self, params: dict[str, Any]) -> dict[str, Any]:
+        channel, message = self._own_message(params, "ts", "cant_delete_message")
+        self.messages[channel].remove(message)
+        thread_ts = message.get("thread_ts")
+        if thread_ts and thread_ts != message["ts"]:
+            parent = self._find_message(channel, thread_ts)
+            if parent is not None:
+                self._refresh_thread(channel, parent)
+        return {"channel": channel, "ts": message["ts"]}
+
+    def _chat_get_permalink(self, params: dict[str, Any]) -> dict[str, Any]:
+        channel = str(params.get("channel") or "")
+        ts = str(params.get("message_ts") or "")
+        if not channel:
+            raise _ApiError("channel_not_found")
+        if not ts:
+            raise _ApiError("message_not_found")
+        link = f"https://{TEAM_DOMAIN}.slack.com/archives/{channel}/p{ts.replace('.', '')}"
+        message = self._find_message(channel, ts)
+        if message is not None and message.get("thread_ts") not in (None, ts):
+            link += f"?thread_ts={message['thread_ts']}&cid={channel}"
+        return {"channel": channel, "permalink": link}
+
+    def _conversations_open(self, params: dict[str, Any]) -> dict[str, Any]:
+        if params.get("channel"):
+            return {"channel": {"id": str(params["channel"])}, "no_op": True, "already_open": True}
+        raw_users = params.get("users") or ""
+        user_ids = (
+            [str(u) for u in raw_users]
+            if isinstance(raw_users, list)
+            else [u.strip() for u in str(raw_users).split(",") if u.strip()]
+        )
+        if not user_ids:
+            raise _ApiError("users_list_not_supplied")
+        for user_id in user_ids:
+            if self._user(user_id).get("deleted"):
+                raise _ApiError("user_disabled")
+        if len(user_ids) == 1:
+            channel_id = _dm_channel(user_ids[0])
+        else:
+            channel_id = "G" + "".join(sorted(user_ids))
+        return {"channel": {"id": channel_id}, "no_op": False, "already_open": False}
+
+    def _visible(self, message: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+        out = copy.deepcopy(message)
+        if not _truthy(params.get("include_all_metadata")):
+            out.pop("metadata", None)
+        return out
+
+    def _ts_window(
+        self, messages: list[dict[str, Any]], params: dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        inclusive = _truthy(params.get("inclusive"))
+        bounds: dict[str, Decimal | None] = {}
+        for name in ("oldest", "latest"):
+            try:
+                bounds[name] = _ts_key(str(params[name])) if params.get(name) else None
+            except InvalidOperation as e:
+                raise _ApiError(f"invalid_ts_{name}") from e
+        oldest, latest = bounds["oldest"], bounds["latest"]
+        kept = []
+        for message in messages:
+            key = _ts_key(message["ts"])
+            if oldest is not None and (key < oldest or (key == oldest and not inclusive)):
+                continue
+            if latest is not None and (key > latest or (key == latest and not inclusive)):
+                continue
+            kept.append(message)
+        return kept
+
+    def _conversations_history(self, params: dict[str, Any]) -> dict[str, Any]:
+        channel = str(params.get("channel") or "")
+        if not channel:
+            raise _ApiError("channel_not_found")
+        top_level = [
+            m
+            for m in self.messages.get(channel, [])
+            if m.get("thread_ts") in (None, m["ts"]) or m.get("subtype") == "thread_broadcast"
+        ]
+        newest_first = list(reversed(self._ts_window(top_level, params)))
+        page, next_cursor = self._page(newest_first, params, 100)
+        return {
+            "messages": [self._visible(m, params) for m in page],
+            "has_more": bool(next_cursor),
+            "pin_count": 0,
+            "response_metadata": {"next_cursor": next_cursor},
+        }
+
+    def _conversations_replies(self, params: dict[str, Any]) -> dict[str, Any]:
+        channel = str(params.get("channel") or "")
+        if not channel:
+            raise _ApiError("channel_not_found")
+        message = self._find_message(channel, str(params.get("ts") or ""))
+        if message is None:
+            raise _ApiError("thread_not_found")
+        root_ts = message.get("thread_ts") or message["ts"]
+        root = self._find_message(channel, root_ts) or message
+        replies = [
+            m
+            for m in self.messages.get(channel, [])
+            if m.get("thread_ts") == root_ts and m["ts"] != root["ts"]
+        ]
+        thread = [root, *self._ts_window(replies, params)]
+        page, next_cursor = self._page(thread, params, 1000)
+        return {
+            "messages": [self._visible(m, params) for m in page],
+            "has_more": bool(next_cursor),
+            "response_metadata": {"next_cursor": next_cursor},
+        }
+
+    def _conversations_members(self, params: dict[str, Any]) -> dict[str, Any]:
+        channel = str(params.get("channel") or "")
+        if channel not in self.channel_members:
+            raise _ApiError("channel_not_found")
+        page, next_cursor = self._page(self.channel_members[channel], params, 100)
+        return {"members": page, "response_metadata": {"next_cursor": next_cursor}}
+
+    def _users_info(self, params: dict[str, Any]) -> dict[str, Any]:
+        user = copy.deepcopy(self._user(str(params.get("user") or "")))
+        if _truthy(params.get("include_locale")):
+            user["locale"] = "en-US"
+        return {"user": user}
+
+    def _users_list(self, params: dict[str, Any]) -> dict[str, Any]:
+        page, next_cursor = self._page(list(self.users.values()), params, None)
+        return {
+            "members": copy.deepcopy(page),
+            "cache_ts": int(time.time()),
+            "response_metadata": {"next_cursor": next_cursor},
+        }
+
+    def _users_lookup_by_email(self, params: dict[str, Any]) -> dict[str, Any]:
+        email = str(params.get("email") or "").strip().lower()
+        for user in self.users.values():
+            if email and str(user.get("profile", {}).get("email") or "").lower() == email:
+                return {"user": copy.deepcopy(user)}
+        raise _ApiError("users_not_found")
+
+    def _usergroups_users_list(self, params: dict[str, Any]) -> dict[str, Any]:
+        usergroup = str(params.get("usergroup") or "")
+        if usergroup not in self.usergroup_members:
+            raise _ApiError("no_such_subteam")
+        return {"users": list(self.usergroup_members[usergroup])}
+
+    def _check_hash(self, params: dict[str, Any], current: dict[str, Any] | None) -> None:
+        expected = params.get("hash")
+        if expected and current is not None and current.get("hash") != expected:
+            raise _ApiError("hash_conflict")
+
+    def _views_publish(self, params: dict[str, Any]) -> dict[str, Any]:
+        user_id = str(params.get("user_id") or "")
+        self._user(user_id)
+        current = self.home_views.get(user_id)
+        self._check_hash(params, current)
+        view = self._new_view(params.get("view"), current["id"] if current else None)
+        self.home_views[user_id] = view
+        return {"view": copy.deepcopy(view)}
+
+    def _views_open(self, params: dict[str, Any]) -> dict[str, Any]:
+        if not params.get("trigger_id") and not params.get("interactivity_pointer"):
+            raise _ApiError("invalid_arguments")
+        return {"view": copy.deepcopy(self._new_view(params.get("view")))}
+
+    def _views_update(self, params: dict[str, Any]) -> dict[str, Any]:
+        view_id = params.get("view_id")
+        current: dict[str, Any] | None = None
+        if view_id:
+            current = self.views.get(str(view_id))
+        elif params.get("external_id"):
+            current = next(
+                (v for v in self.views.values() if v.get("external_id") == params["external_id"]),
+                None,
+            )
+        if current is None:
+            raise _ApiError("not_found")
+        self._check_hash(params, current)
+        view = self._new_view(params.get("view"), current["id"])
+        for user_id, home in list(self.home_views.items()):
+            if home["id"] == view["id"]:
+                self.home_views[user_id] = view
+        return {"view": copy.deepcopy(view)}
+
+    def _reactions_add(self, params: dict[str, Any]) -> dict[str, Any]:
+        channel = str(params.get("channel") or "")
+        ts = str(params.get("timestamp") or "")
+        name = str(params.get("name") or "")
+        if not channel:
+            raise _ApiError("channel_not_found")
+        if not name:
+            raise _ApiError("invalid_name")
+        reaction = {"channel": channel, "ts": ts, "name": name}
+        if reaction in self.reactions:
+            raise _ApiError("already_reacted")
+        self.reactions.append(reaction)
+        message = self._find_message(channel, ts)
+        if message is not None:
+            message.setdefault("reactions", []).append(
+                {"name": name, "users": [self.bot_user_id], "count": 1}
+            )
+        return {}
+
+
+# ---------------------------------------------------------------------- module helpers
+
+
+def _dm_channel(channel: str) -> str:
+    """Posting to a user id lands in that user's DM, which the fake calls ``"D" + user id``."""
+    return f"D{channel}" if channel[:1] in ("U", "W") else channel
+
+
+def _ts_key(ts: str) -> Decimal:
+    return Decimal(ts)
+
+
+def _truthy(value: Any) -> bool:
+    if isinstance(value, str):
+        return value in _TRUE
+    return bool(value)
+
+
+def _int(value: Any, default: int) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def _encode_cursor(offset: int) -> str:
+    return base64.b64encode(f"offset:{offset}".encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> int:
+    if not cursor:
+        return 0
+    try:
+        kind, _, offset = base64.b64decode(cursor, validate=True).decode().partition(":")
+        if kind != "offset":
+            raise ValueError(cursor)
+        return int(offset)
+    except (ValueError, binascii.Error) as e:
+        raise _ApiError("invalid_cursor") from e
+
+
+def _parse_params(query: str, raw: bytes, content_type: str) -> dict[str, Any]:
+    """Query string + JSON or form body; JSON-encoded form fields (blocks, view...) decoded."""
+    params: dict[str, Any] = dict(parse_qsl(query, keep_blank_values=True))
+    media_type = content_type.split(";")[0].strip().lower()
+    if raw:
+        if media_type == "application/json":
+            data = json.loads(raw.decode("utf-8"))
+            if not isinstance(data, dict):
+                raise ValueError("JSON body is not an object")
+            params.update(data)
+        else:
+            params.update(parse_qsl(raw.decode("utf-8"), keep_blank_values=True))
+    for key in _JSON_FIELDS:
+        value = params.get(key)
+        if isinstance(value, str) and value[:1] in ("[", "{"):
+            with contextlib.suppress(ValueError):
+                params[key] = json.loads(value)
+    return params
