@@ -79,7 +79,12 @@ def _desk(settings: Settings, *, semantic: bool = True) -> Any:
 
     db = _db(settings)
     embedder = make_embedder(settings, db) if semantic else None
-    engine = FaqEngine(content_dir=settings.content_dir, embedder=embedder, db=db)
+    engine = FaqEngine(
+        content_dir=settings.content_dir,
+        embedder=embedder,
+        db=db,
+        default_timezone=settings.timezone,
+    )
     engine.load()
     return FaqDesk(engine=engine, db=db, support_channel=settings.support_channel)
 
@@ -100,6 +105,7 @@ def run(
 
     service = Service(settings)
     service.watch_content()
+    service.sync_learned()
     if socket_mode:
         from slack_bolt.adapter.socket_mode import SocketModeHandler
 
@@ -136,7 +142,9 @@ def check() -> None:
     from bot.core.faq.kb import load_content
 
     settings = get_settings()
-    rollout, kb, errors = load_content(settings.content_dir, now=datetime.now(UTC))
+    rollout, kb, errors = load_content(
+        settings.content_dir, now=datetime.now(UTC), default_timezone=settings.timezone
+    )
     if errors:
         raise ContentErrors(errors)
     console.print(
@@ -192,7 +200,9 @@ def faq_export(
     from bot.core.faq.kb import load_content, write_qna_tsv
 
     settings = get_settings()
-    _rollout, kb, errors = load_content(settings.content_dir, now=datetime.now(UTC))
+    _rollout, kb, errors = load_content(
+        settings.content_dir, now=datetime.now(UTC), default_timezone=settings.timezone
+    )
     if errors:
         raise ContentErrors(errors)
     extra = FaqEngine(
@@ -353,7 +363,7 @@ def faq_approve(
     phrasing: Annotated[str, typer.Argument(help="The phrasing to add as an alternate.")],
     admin: Annotated[str, typer.Option(help="Who approves (recorded in the audit log).")] = "cli",
 ) -> None:
-    """Approve a phrasing as a new alternate of an entry; the running bot uses it at once."""
+    """Approve a phrasing as a new alternate of an entry; a running bot picks it up within 30 s."""
     from bot.store.audit import record
 
     settings = _settings()

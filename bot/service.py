@@ -53,6 +53,7 @@ class Service:
             embedder=make_embedder(settings, self.db),
             db=self.db,
             on_errors=self.report_content_errors if with_slack else None,
+            default_timezone=settings.timezone,
         )
         self.engine.load()
         self.desk = FaqDesk(
@@ -64,6 +65,7 @@ class Service:
             desk=self.desk,
             db=self.db,
             support_channel=settings.support_channel,
+            admins=settings.admin_ids,
         )
         self._stop = threading.Event()
 
@@ -108,6 +110,20 @@ class Service:
                     log.exception("content reload failed")
 
         thread = threading.Thread(target=loop, name="content-watch", daemon=True)
+        thread.start()
+        return thread
+
+    def sync_learned(self, *, every: float = 30.0) -> threading.Thread:
+        """Every `every` seconds, use alternates approved by other processes or the CLI."""
+
+        def loop() -> None:
+            while not self._stop.wait(every):
+                try:
+                    self.engine.sync_learned()
+                except Exception:  # the next round tries again
+                    log.exception("syncing approved alternates failed")
+
+        thread = threading.Thread(target=loop, name="learned-sync", daemon=True)
         thread.start()
         return thread
 

@@ -88,11 +88,14 @@ def parse_yaml(text: str, path: Path, *, offset: int = 0) -> tuple[Any, list[Con
         return None, [ContentError(path, 1 + offset, f"invalid YAML: {exc}")]
 
 
-def load_rollout(content_dir: Path) -> tuple[Rollout, list[ContentError]]:
-    """Read `schedules/rollout.yaml`; a missing file gives an empty rollout, not an error."""
+def load_rollout(
+    content_dir: Path, *, default_timezone: str = ""
+) -> tuple[Rollout, list[ContentError]]:
+    """Read `schedules/rollout.yaml`; a missing file gives an empty rollout, not an error.
+    `default_timezone` (MOBILIZE_TIMEZONE) applies when the file names no time zone."""
     path = content_dir / "schedules" / "rollout.yaml"
     if not path.exists():
-        return Rollout(), []
+        return Rollout(timezone=default_timezone or "UTC"), []
     text = path.read_text(encoding="utf-8")
     data, errors = parse_yaml(text, path)
     if errors:
@@ -109,7 +112,7 @@ def load_rollout(content_dir: Path) -> tuple[Rollout, list[ContentError]]:
         return Rollout(), [
             ContentError(path, lines.get("rollout", 1), "rollout: must be a mapping")
         ]
-    timezone = str(info.get("timezone") or "UTC")
+    timezone = str(info.get("timezone") or default_timezone or "UTC")
     try:
         ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError):

@@ -17,6 +17,7 @@ from bot.channels.slack.chat import SlackChat, call
 from bot.channels.slack.render import action_id_of, to_blocks, to_payload
 from bot.core import messages as m
 from bot.core.faq.desk import Asker, FaqDesk
+from bot.core.faq.gaps import picks
 from bot.core.messages import Address, Message
 from bot.metrics import ANSWER_SECONDS, DUPLICATES, EVENTS, QUESTIONS
 from bot.store.models import SlackEvent
@@ -32,7 +33,13 @@ IGNORED_SUBTYPES = {
 
 
 def build_app(
-    *, client: WebClient, signing_secret: str, desk: FaqDesk, db: Engine, support_channel: str
+    *,
+    client: WebClient,
+    signing_secret: str,
+    desk: FaqDesk,
+    db: Engine,
+    support_channel: str,
+    admins: frozenset[str] = frozenset(),
 ) -> App:
     """A Bolt app answering DMs, mentions and /ask, with feedback, escalation and App Home."""
     app = App(client=client, signing_secret=signing_secret, token_verification_enabled=False)
@@ -117,6 +124,12 @@ def build_app(
             ),
             m.FAQ_HUMAN: lambda: desk.escalate(interaction.value, interaction.user_id, chat),
         }
+        if interaction.action_id == m.FAQ_APPROVE:
+            if interaction.user_id in admins:
+                log.info("admin %s approves pick %s", interaction.user_id, interaction.value)
+                desk.approve_pick(interaction.value, interaction.user_id)
+                publish_home(interaction.user_id)
+            return
         handler = handlers.get(interaction.action_id)
         if handler is None:
             return
@@ -142,16 +155,17 @@ def build_app(
             notice = desk.save_as_faq(interaction.value, interaction.user_id)
             chat.post(Address(interaction.channel_id, only_for=interaction.user_id), notice)
 
+    def publish_home(user: str) -> None:
+        home = home_message(desk, admin=user in admins)
+        view = {"type": "home", "blocks": [block.to_dict() for block in to_blocks(home)]}
+        call(client, "views.publish", user_id=user, view=view)
+
     @app.event("app_home_opened")
     def on_home(event: dict[str, Any]) -> None:
         if event.get("tab", "home") != "home":
             return
         EVENTS.labels(kind="home").inc()
-        view = {
-            "type": "home",
-            "blocks": [block.to_dict() for block in to_blocks(home_message(desk))],
-        }
-        call(client, "views.publish", user_id=str(event.get("user", "")), view=view)
+        publish_home(str(event.get("user", "")))
 
     @app.error
     def on_error(error: Exception, body: dict[str, Any]) -> None:
@@ -160,8 +174,9 @@ def build_app(
     return app
 
 
-def home_message(desk: FaqDesk) -> Message:
-    """The App Home: what the bot does and the most asked questions."""
+def home_message(desk: FaqDesk, *, admin: bool = False) -> Message:
+    """The App Home: what the bot does and the most asked questions; for admins, phrasings
+    people picked from "did you mean", each with a button to approve it as an alternate."""
     state = desk.engine.state
     lines = [
         f"*Hi! I help with the {state.rollout.name} rollout.*",
@@ -177,7 +192,19 @@ def home_message(desk: FaqDesk) -> Message:
         sample = list(state.kb.entries.values())[:5]
         if sample:
             lines.append("*Try asking*\n" + "\n".join(f"• {entry.question}" for entry in sample))
-    return m.say(*lines)
+    approve: tuple[m.Button, ...] = ()
+    parts: list[m.Text] = []
+    if admin:
+        found = picks(desk.db)[:5]
+        if found:
+            lines.append("*Phrasings to approve* (people picked these from “did you mean”)")
+            listing = "\n".join(f"• “{p.question[:150]}” → {p.entry_id} ×{p.count}" for p in found)
+            parts.append(m.user_text(listing))
+            approve = tuple(
+                m.Button(f"Approve “{p.question[:40]}”", m.FAQ_APPROVE, str(p.feedback_id))
+                for p in found
+            )
+    return m.say(*lines, *parts, buttons=approve)
 
 
 def _first_time(db: Engine, event_id: str) -> bool:

@@ -38,6 +38,7 @@ from bot.core.messages import (
     say,
     user_text,
 )
+from bot.store.audit import record
 from bot.store.models import Escalation, Feedback, LearnedAlternate, QuestionLog, utcnow
 
 log = logging.getLogger(__name__)
@@ -368,6 +369,25 @@ class FaqDesk:
                 session.add(LearnedAlternate(entry_id=entry_id, text=text, approved_by=admin))
                 session.commit()
         self.engine.add_alternate(entry_id, text)
+
+    def approve_pick(self, value: str, admin: str) -> str:
+        """Approve the phrasing of a "did you mean" pick (a Feedback id) as an alternate."""
+        with Session(self.db) as session:
+            feedback = session.get(Feedback, _int(value))
+            question = session.get(QuestionLog, feedback.question_id) if feedback else None
+        if feedback is None or question is None or not feedback.entry_id:
+            return "That pick no longer exists."
+        try:
+            self.approve_alternate(entry_id=feedback.entry_id, text=question.text, admin=admin)
+        except KeyError:
+            return f"The entry {feedback.entry_id} is no longer in the FAQ."
+        record(
+            self.db,
+            actor=admin,
+            action="faq.approve_alternate",
+            detail=f"{feedback.entry_id}: {question.text}",
+        )
+        return f"Added “{question.text}” as a phrasing of {feedback.entry_id}."
 
     def most_asked(self, limit: int = 5) -> list[tuple[FaqEntry, int]]:
         """The entries answered most often."""

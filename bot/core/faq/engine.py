@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -33,6 +33,7 @@ class FaqState:
     matcher: Matcher
     policy: Policy
     loaded_at: datetime
+    learned: frozenset[tuple[str, str]] = frozenset()  # approved alternates in the matcher
 
 
 class FaqEngine:
@@ -46,7 +47,9 @@ class FaqEngine:
         db: Engine | None = None,
         on_errors: Callable[[list[ContentError]], None] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        default_timezone: str = "",
     ) -> None:
+        self.default_timezone = default_timezone
         self.content_dir = content_dir
         self.embedder = embedder
         self.db = db
@@ -66,7 +69,9 @@ class FaqEngine:
         """(Re)load content. The first load raises ContentErrors on bad content; later loads keep
         the last good state, report through `on_errors` and return the errors."""
         now = self.clock()
-        rollout, kb, errors = load_content(self.content_dir, now=now)
+        rollout, kb, errors = load_content(
+            self.content_dir, now=now, default_timezone=self.default_timezone
+        )
         if errors:
             if self._state is None:
                 raise ContentErrors(errors)
@@ -80,15 +85,29 @@ class FaqEngine:
             return errors
         state = self._build(rollout, kb, now)
         with self._lock:
+            # Alternates approved while this state was being built must not be lost.
+            if self._state is not None:
+                extra = {
+                    pair
+                    for pair in self._state.learned - state.learned
+                    if pair[0] in state.kb.entries
+                }
+                if extra:
+                    state = replace(
+                        state,
+                        matcher=state.matcher.with_phrasings(sorted(extra)),
+                        learned=state.learned | extra,
+                    )
             self._state = state
         log.info("knowledge base loaded: %d entries, semantic=%s", len(kb), state.matcher.semantic)
         return []
 
     def _build(self, rollout: Rollout, kb: KnowledgeBase, now: datetime) -> FaqState:
-        phrasings = kb.phrasings(self.learned_alternates())
+        learned = self.learned_alternates()
+        phrasings = kb.phrasings(learned)
         matcher = Matcher(phrasings, embedder=self.embedder)
         policy = calibrate(phrasings, embedder=self.embedder)
-        return FaqState(rollout=rollout, kb=kb, matcher=matcher, policy=policy, loaded_at=now)
+        return FaqState(rollout, kb, matcher, policy, now, frozenset(learned))
 
     def learned_alternates(self) -> list[tuple[str, str]]:
         if self.db is None:
@@ -99,12 +118,31 @@ class FaqEngine:
 
     def add_alternate(self, entry_id: str, text: str) -> None:
         """Use an approved phrasing at once, without re-embedding the knowledge base."""
-        state = self.state
+        self.state  # noqa: B018  (loads the knowledge base on first use, outside the lock)
         with self._lock:
+            state = self._state
+            assert state is not None
             if entry_id not in state.kb.entries:
                 raise KeyError(entry_id)
+            if (entry_id, text) in state.learned:
+                return
             matcher = state.matcher.with_phrasings([(entry_id, text)])
-            self._state = FaqState(state.rollout, state.kb, matcher, state.policy, state.loaded_at)
+            learned = state.learned | {(entry_id, text)}
+            self._state = FaqState(
+                state.rollout, state.kb, matcher, state.policy, state.loaded_at, learned
+            )
+
+    def sync_learned(self) -> int:
+        """Pick up alternates approved elsewhere (another process, the CLI); returns how many."""
+        state = self.state
+        new = [
+            pair
+            for pair in self.learned_alternates()
+            if pair not in state.learned and pair[0] in state.kb.entries
+        ]
+        for entry_id, text in new:
+            self.add_alternate(entry_id, text)
+        return len(new)
 
     def decide(self, question: str) -> Decision:
         state = self.state

@@ -10,7 +10,7 @@ from bot.core.faq.embed import Embedder
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from bot.store.models import Feedback, QuestionLog
+from bot.store.models import Feedback, LearnedAlternate, QuestionLog
 
 SIMILAR = 0.6  # cosine (or word-overlap) similarity that puts two questions in one group
 _WORD = re.compile(r"\w+")
@@ -35,6 +35,7 @@ class Pick:
     question: str
     entry_id: str
     count: int
+    feedback_id: int  # the latest pick, so a button can name it
 
 
 def gap_questions(db: Engine) -> list[tuple[str, str]]:
@@ -83,18 +84,20 @@ def group_gaps(items: list[tuple[str, str]], *, embedder: Embedder | None) -> li
 
 
 def picks(db: Engine) -> list[Pick]:
-    """Phrasings people clarified by picking an entry, most frequent first."""
+    """Phrasings people clarified by picking an entry and not yet approved, most frequent first."""
     with Session(db) as session:
         rows = session.exec(
-            select(QuestionLog.text, Feedback.entry_id)
+            select(QuestionLog.text, Feedback.entry_id, Feedback.id)
             .join(Feedback, col(Feedback.question_id) == col(QuestionLog.id))
             .where(Feedback.kind == "pick", col(Feedback.entry_id).is_not(None))
         ).all()
-    counts: dict[tuple[str, str], int] = {}
-    for text, entry_id in rows:
+        approved = {(a.entry_id, a.text) for a in session.exec(select(LearnedAlternate))}
+    counts: dict[tuple[str, str], tuple[int, int]] = {}
+    for text, entry_id, feedback_id in rows:
         key = (text, str(entry_id))
-        counts[key] = counts.get(key, 0) + 1
-    return [
-        Pick(text, entry_id, count)
-        for (text, entry_id), count in sorted(counts.items(), key=lambda kv: -kv[1])
-    ]
+        if (key[1], text) in approved:
+            continue
+        count, latest = counts.get(key, (0, 0))
+        counts[key] = (count + 1, max(latest, int(feedback_id or 0)))
+    ordered = sorted(counts.items(), key=lambda kv: (-kv[1][0], -kv[1][1]))
+    return [Pick(text, entry_id, count, latest) for (text, entry_id), (count, latest) in ordered]

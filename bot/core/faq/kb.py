@@ -405,9 +405,9 @@ def _maybe_int(value: str) -> int | str:
 
 
 def load_content(
-    content_dir: Path, *, now: datetime
+    content_dir: Path, *, now: datetime, default_timezone: str = ""
 ) -> tuple[Rollout, KnowledgeBase, list[ContentError]]:
     """Rollout and knowledge base from files, with every error found."""
-    rollout, errors = load_rollout(content_dir)
+    rollout, errors = load_rollout(content_dir, default_timezone=default_timezone)
     kb, kb_errors = load_knowledge_base(content_dir, rollout, now=now)
     return rollout, kb, errors + kb_errors

@@ -1,0 +1,1 @@
+"""Announcements: the plan (milestones to occurrences), audiences, templates, reports, acks."""

@@ -1,0 +1,841 @@
+"""The announcement plan: what is sent when, and to whom, written in `schedules/*.yaml`.
+
+Any file in `schedules/` may hold an `announcements:` list (other top-level keys are left to
+their own loaders; `rollout.yaml` holds `rollout:` and `milestones:`)::
+
+    announcements:
+      - id: training-opens          # unique across all schedule files; [a-z0-9][a-z0-9_-]*
+        template: training-opens    # messages/announcements/<template>.md; same pattern as id
+        to: everyone                # or a list of audiences, sent to their union
+        at: "training_opens at 09:00"
+        local_time: false           # true: 09:00 on each recipient's own Slack clock
+        weekdays_only: false        # true: a Saturday or Sunday send moves to Monday, same time
+        quiet_hours: "20:00-08:00"  # a send inside the window moves to its end
+        ack: true                   # ask for an "I've read this" click (default false)
+        remind_after_days: 3        # remind who has not acknowledged (needs ack: true)
+        enabled: true               # default true; false keeps it in the plan but never sends
+      - id: go-live-countdown
+        template: countdown
+        to: [channel:C0123ABCD, "users:U01AAA,U02BBB"]
+        every: "monday at 09:00"
+        from: "go_live - 4 weeks"   # required with every:, inclusive
+        until: "go_live - 1 day"    # required with every:, inclusive
+
+Audiences are checked for syntax only (resolving them to people is the audiences module's
+job): `everyone`, `everyone+guests`, `channel:C…` (the channel), `members:C…` (each member of
+the channel), `group:S…` (a user group), `users:U…,U…`, `emails:relative/path.csv`.
+
+Exactly one of `at` (once) or `every` (recurring) is given:
+
+- `at`: `2027-02-15 09:00`, `2027-02-15T09:00`, or a milestone with an optional offset,
+  `go_live at 08:30`, `go_live - 7 days at 09:00`, `go_live minus 1 week at 09:00`,
+  `hypercare_ends + 1 week at 10:00` (`+`, `-`, `plus`, `minus`; `day(s)`, `week(s)`).
+- `every`: `day at 09:00`, `weekday at 09:00` (Monday to Friday), `monday at 09:00` (any
+  weekday name, or its three-letter form), `2 weeks on monday at 09:00` (counted from the
+  first Monday on or after `from`).
+- `from` / `until`: a date, `go_live - 4 weeks` or `2027-03-01`.
+
+Case and spacing are free. Times are wall-clock times in the rollout's time zone, or in each
+recipient's zone with `local_time: true`. Quiet hours apply first, then `weekdays_only`, so a
+Friday-evening send pushed past quiet hours into Saturday still lands on Monday. When these
+rules move several occurrences of one announcement to the same moment (Saturday, Sunday and
+Monday all to Monday 09:00), it is sent once, under the latest planned occurrence's key.
+
+Use `load_plan()` to read and check the files, `occurrences()` to find what falls due in a
+window, and `send_time()` to find when one recipient should get one occurrence. The
+`parse_*()` helpers read single values and raise ValueError saying what was expected.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta, timezone
+from pathlib import Path, PurePosixPath
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+
+from bot.core.content import ContentError, Rollout, parse_yaml
+
+KNOWN_KEYS = (
+    "id",
+    "template",
+    "to",
+    "at",
+    "every",
+    "from",
+    "until",
+    "local_time",
+    "weekdays_only",
+    "quiet_hours",
+    "ack",
+    "remind_after_days",
+    "enabled",
+)
+NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]*")
+
+# The first wall clock on Earth to show any given time: Kiribati's Line Islands, UTC+14.
+EARLIEST_ZONE = timezone(timedelta(hours=14))
+
+WEEKDAY_NAMES = {
+    "monday": 0,
+    "mon": 0,
+    "tuesday": 1,
+    "tue": 1,
+    "tues": 1,
+    "wednesday": 2,
+    "wed": 2,
+    "thursday": 3,
+    "thu": 3,
+    "thur": 3,
+    "thurs": 3,
+    "friday": 4,
+    "fri": 4,
+    "saturday": 5,
+    "sat": 5,
+    "sunday": 6,
+    "sun": 6,
+}
+
+AT_EXAMPLE = 'a time like "go_live - 7 days at 09:00", "go_live at 08:30" or "2027-02-15 09:00"'
+EVERY_EXAMPLE = (
+    'a rule like "monday at 09:00", "weekday at 09:00", "day at 09:00" '
+    'or "2 weeks on monday at 09:00"'
+)
+DATE_EXAMPLE = 'a date like "go_live - 4 weeks", "go_live" or "2027-03-01"'
+AUDIENCE_EXAMPLE = (
+    "everyone, everyone+guests, channel:C…, members:C…, group:S…, users:U…,U… "
+    "or emails:path/to/list.csv"
+)
+
+_CLOCK = r"(?P<hour>\d{1,2}):(?P<minute>\d{2})"
+_ABSOLUTE = re.compile(rf"(?P<date>\d{{4}}-\d{{2}}-\d{{2}})(?:\s+|t){_CLOCK}")
+_WITH_TIME = re.compile(rf"(?P<date>.+?)\s+at\s+{_CLOCK}")
+_DATE_EXPR = re.compile(
+    r"(?P<base>\d{4}-\d{2}-\d{2}|[a-z_][a-z0-9_-]*?)"
+    # `plus`/`minus` need a space before them, so a milestone named `surplus` stays whole.
+    r"(?:(?:\s*(?P<symbol>[+-])|\s+(?P<word>plus|minus))\s*(?P<count>\d+)\s*(?P<unit>days?|weeks?))?"
+)
+_WEEKS_ON = re.compile(r"(?:(?P<count>\d+)\s*)?weeks?\s+on\s+(?P<day>[a-z]+)")
+_QUIET = re.compile(
+    r"(?P<h1>\d{1,2}):(?P<m1>\d{2})\s*(?:-|–|to)\s*(?P<h2>\d{1,2}):(?P<m2>\d{2})", re.I
+)
+_CHANNEL_ID = re.compile(r"[CG][A-Z0-9]+")
+_GROUP_ID = re.compile(r"S[A-Z0-9]+")
+_USER_ID = re.compile(r"[UW][A-Z0-9]+")
+_AUDIENCE = re.compile(r"(?P<kind>[a-z]+)\s*:\s*(?P<rest>.*)", re.I | re.S)
+
+
+@dataclass(frozen=True)
+class DateExpr:
+    """A date: a milestone (`base` is its name) or a fixed date, plus `offset_days`."""
+
+    base: str | date
+    offset_days: int = 0
+
+    def resolve(self, rollout: Rollout) -> date:
+        """The date in `rollout`; ValueError if it lacks the milestone."""
+        if isinstance(self.base, str):
+            if self.base not in rollout.milestones:
+                raise ValueError(f"the rollout has no milestone {self.base!r}")
+            start = rollout.milestones[self.base]
+        else:
+            start = self.base
+        return start + timedelta(days=self.offset_days)
+
+    def __str__(self) -> str:
+        base = self.base if isinstance(self.base, str) else self.base.isoformat()
+        if not self.offset_days:
+            return base
+        sign = "+" if self.offset_days > 0 else "-"
+        return f"{base} {sign} {abs(self.offset_days)} days"
+
+
+@dataclass(frozen=True)
+class OneOff:
+    """Sent once: on the date `on` at wall-clock time `at`."""
+
+    on: DateExpr
+    at: time
+
+    def planned(self, rollout: Rollout) -> list[datetime]:
+        """The naive wall-clock date-time, as a one-item list."""
+        return [datetime.combine(self.on.resolve(rollout), self.at)]
+
+
+@dataclass(frozen=True)
+class Recurrence:
+    """Sent at `at` on each of `weekdays` (0 = Monday) every `interval_weeks` weeks, from
+    `start` to `until` inclusive."""
+
+    weekdays: frozenset[int]
+    at: time
+    start: DateExpr
+    until: DateExpr
+    interval_weeks: int = 1
+
+    def planned(self, rollout: Rollout) -> list[datetime]:
+        """The naive wall-clock date-times, in order; empty if `start` is after `until`."""
+        first, last = self.start.resolve(rollout), self.until.resolve(rollout)
+        found: list[datetime] = []
+        anchor: date | None = None
+        day = first
+        while day <= last:
+            if day.weekday() in self.weekdays:
+                # Weeks are counted from the first matching day, so "2 weeks on monday" from a
+                # Wednesday starts the following Monday.
+                anchor = anchor or day
+                if ((day - anchor).days // 7) % self.interval_weeks == 0:
+                    found.append(datetime.combine(day, self.at))
+            day += timedelta(days=1)
+        return found
+
+
+@dataclass(frozen=True)
+class Announcement:
+    """One entry of the plan: which template goes to whom, and when."""
+
+    id: str
+    template: str
+    audience: tuple[str, ...]
+    schedule: OneOff | Recurrence
+    path: Path
+    line: int
+    local_time: bool = False
+    weekdays_only: bool = False
+    quiet_hours: tuple[time, time] | None = None
+    ack: bool = False
+    remind_after_days: int | None = None
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Every valid announcement from `schedules/*.yaml`, in file order."""
+
+    announcements: tuple[Announcement, ...] = ()
+
+    def get(self, announcement_id: str) -> Announcement | None:
+        """The announcement with this id, or None."""
+        return next((a for a in self.announcements if a.id == announcement_id), None)
+
+
+@dataclass(frozen=True)
+class Occurrence:
+    """One planned send of an announcement.
+
+    `key` (`<id>@<local date>T<HH:MM>`) is the same every time the same occurrence is
+    computed, so materialising it twice is harmless; `local` is the planned naive wall-clock
+    time (before weekday and quiet-hours moves); `due_utc` is when materialising may start:
+    the send time for a rollout-zone announcement, or the first instant anywhere on Earth
+    reaches it for a `local_time` one.
+    """
+
+    announcement_id: str
+    key: str
+    local: datetime
+    due_utc: datetime
+
+
+# ---------------------------------------------------------------------------- occurrences
+
+
+def occurrences(
+    plan: Plan, rollout: Rollout, *, start: datetime, end: datetime
+) -> list[Occurrence]:
+    """Occurrences of the enabled announcements with `start <= due_utc < end` (both aware),
+    sorted by due time then announcement id."""
+    if start.tzinfo is None or end.tzinfo is None:
+        raise ValueError("start and end must be timezone-aware")
+    found = [
+        occurrence
+        for announcement in plan.announcements
+        if announcement.enabled
+        for occurrence in _occurrences_of(announcement, rollout)
+        if start <= occurrence.due_utc < end
+    ]
+    return sorted(found, key=lambda o: (o.due_utc, o.announcement_id, o.key))
+
+
+def send_time(
+    announcement: Announcement, occurrence: Occurrence, *, tz: str | None, rollout: Rollout
+) -> datetime:
+    """When (aware, UTC) a recipient whose Slack time zone is `tz` should get `occurrence`.
+
+    For a `local_time` announcement that is the planned wall-clock time in `tz` (the rollout's
+    zone when `tz` is None or unknown); for any other, the rollout-zone time, the same for
+    everyone. Quiet hours and `weekdays_only` apply in that zone.
+    """
+    if occurrence.announcement_id != announcement.id:
+        raise ValueError(f"{occurrence.key} is not an occurrence of {announcement.id}")
+    zone = _zone(tz, rollout.zone) if announcement.local_time else rollout.zone
+    return _to_utc(_adjust(announcement, occurrence.local), zone)
+
+
+def _occurrences_of(announcement: Announcement, rollout: Rollout) -> list[Occurrence]:
+    by_moment: dict[datetime, Occurrence] = {}
+    for local in announcement.schedule.planned(rollout):
+        moved = _adjust(announcement, local)
+        if announcement.local_time:
+            # Every zone shows `moved` at `moved - its offset`, and no offset exceeds +14h.
+            due = moved.replace(tzinfo=EARLIEST_ZONE).astimezone(UTC)
+        else:
+            due = _to_utc(moved, rollout.zone)
+        key = f"{announcement.id}@{local.date().isoformat()}T{local:%H:%M}"
+        # Later planned occurrences replace earlier ones moved onto the same moment.
+        by_moment[moved] = Occurrence(announcement.id, key, local, due)
+    return list(by_moment.values())
+
+
+def _adjust(announcement: Announcement, wall: datetime) -> datetime:
+    if announcement.quiet_hours is not None:
+        wall = _after_quiet_hours(wall, *announcement.quiet_hours)
+    if announcement.weekdays_only and wall.weekday() >= 5:
+        wall += timedelta(days=7 - wall.weekday())
+    return wall
+
+
+def _after_quiet_hours(wall: datetime, begin: time, end: time) -> datetime:
+    clock = wall.time()
+    if begin < end:
+        if begin <= clock < end:
+            return datetime.combine(wall.date(), end)
+    elif clock >= begin:  # the window wraps midnight: the evening part ends tomorrow
+        return datetime.combine(wall.date() + timedelta(days=1), end)
+    elif clock < end:
+        return datetime.combine(wall.date(), end)
+    return wall
+
+
+def _to_utc(wall: datetime, zone: ZoneInfo) -> datetime:
+    # fold=0: an ambiguous time (clocks going back) takes its first instant, and a time in a
+    # spring-forward gap is read with the offset from before the change, i.e. moved forward by
+    # the gap (01:30 on a Europe/London spring-forward day is sent at 02:30 BST).
+    return wall.replace(tzinfo=zone, fold=0).astimezone(UTC)
+
+
+def _zone(name: str | None, fallback: ZoneInfo) -> ZoneInfo:
+    if not name:
+        return fallback
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        return fallback
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def load_plan(content_dir: Path, rollout: Rollout) -> tuple[Plan, list[ContentError]]:
+    """Read the `announcements:` of every `schedules/*.yaml` (sorted by name) and check them
+    against `rollout`; the plan holds only the announcements without errors."""
+    folder = content_dir / "schedules"
+    paths = sorted(folder.glob("*.yaml")) if folder.is_dir() else []
+    errors: list[ContentError] = []
+    announcements: list[Announcement] = []
+    first_seen: dict[str, tuple[Path, int]] = {}
+    for path in paths:
+        file_errors: list[ContentError] = []
+        for item in _items(path, file_errors):
+            announcement = item.parse(rollout)
+            item_id = item.data.get("id")
+            if isinstance(item_id, str) and NAME_PATTERN.fullmatch(item_id):
+                if item_id in first_seen:
+                    other, other_line = first_seen[item_id]
+                    item.error(
+                        "id",
+                        f"duplicate id {item_id!r} (first used at "
+                        f"{_display(other, content_dir)}:{other_line})",
+                    )
+                    continue
+                first_seen[item_id] = (path, item.line("id"))
+            if announcement is not None and not item.failed:
+                announcements.append(announcement)
+        errors.extend(sorted(file_errors, key=lambda error: error.line))
+    return Plan(tuple(announcements)), errors
+
+
+def _display(path: Path, content_dir: Path) -> str:
+    try:
+        return str(path.relative_to(content_dir))
+    except ValueError:
+        return str(path)
+
+
+def _items(path: Path, errors: list[ContentError]) -> list[_Item]:
+    """The announcement items of one file, with their YAML nodes for line numbers."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        errors.append(ContentError(path, 1, f"cannot read: {exc}"))
+        return []
+    # load_rollout already reports rollout.yaml's syntax and shape; saying it twice is noise.
+    owned_elsewhere = path.name == "rollout.yaml"
+    data, parse_errors = parse_yaml(text, path)
+    if parse_errors:
+        if not owned_elsewhere:
+            errors.extend(parse_errors)
+        return []
+    if data is None:
+        return []
+    if not isinstance(data, dict):
+        if not owned_elsewhere:
+            errors.append(ContentError(path, 1, "expected a mapping with announcements:"))
+        return []
+    if "announcements" not in data:
+        return []
+    root = yaml.compose(text)
+    key_node, list_node = _child(root, "announcements")
+    list_line = key_node.start_mark.line + 1 if key_node is not None else 1
+    raw = data["announcements"]
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        errors.append(
+            ContentError(
+                path,
+                list_line,
+                'announcements: must be a list, each item starting with "- id: …"',
+            )
+        )
+        return []
+    nodes = list_node.value if isinstance(list_node, yaml.SequenceNode) else []
+    items: list[_Item] = []
+    for index, value in enumerate(raw):
+        node = nodes[index] if index < len(nodes) else None
+        line = node.start_mark.line + 1 if node is not None else list_line
+        if not isinstance(value, dict):
+            errors.append(
+                ContentError(path, line, "each announcement must be a mapping with id:, to: …")
+            )
+            continue
+        items.append(_Item(path, value, node, line, errors))
+    return items
+
+
+def _child(node: yaml.Node | None, key: str) -> tuple[yaml.Node | None, yaml.Node | None]:
+    """The last key node named `key` in a mapping node and its value (safe_load keeps the
+    last of duplicate keys too)."""
+    found: tuple[yaml.Node | None, yaml.Node | None] = (None, None)
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.value == key:
+                found = (key_node, value_node)
+    return found
+
+
+class _Invalid(ValueError):
+    """A value that does not parse; the message says what was expected."""
+
+
+class _Item:
+    """One item of an `announcements:` list, parsed and checked key by key."""
+
+    def __init__(
+        self,
+        path: Path,
+        data: dict[Any, Any],
+        node: yaml.Node | None,
+        line: int,
+        errors: list[ContentError],
+    ) -> None:
+        self.path = path
+        self.data = data
+        self.node = node
+        self.item_line = line
+        self.errors = errors
+        self.failed = False
+
+    def line(self, key: str | None = None) -> int:
+        if key is not None:
+            key_node, _value = _child(self.node, key)
+            if key_node is not None:
+                return int(key_node.start_mark.line) + 1
+        return self.item_line
+
+    def written(self, key: str) -> str:
+        """The value of `key` as written in the file, if it is a plain scalar."""
+        _key, value = _child(self.node, key)
+        return str(value.value) if isinstance(value, yaml.ScalarNode) else ""
+
+    def value_lines(self, key: str) -> list[int]:
+        _key, value = _child(self.node, key)
+        if isinstance(value, yaml.SequenceNode):
+            return [int(child.start_mark.line) + 1 for child in value.value]
+        return []
+
+    def error(self, key: str | None, reason: str) -> None:
+        self.failed = True
+        self.errors.append(ContentError(self.path, self.line(key), reason))
+
+    def parse(self, rollout: Rollout) -> Announcement | None:
+        self._check_keys()
+        announcement_id = self._name("id")
+        template = self._name("template")
+        audience = self._audience()
+        schedule = self._schedule(rollout)
+        local_time = self._flag("local_time", default=False)
+        weekdays_only = self._flag("weekdays_only", default=False)
+        ack = self._flag("ack", default=False)
+        enabled = self._flag("enabled", default=True)
+        quiet_hours = self._quiet_hours()
+        remind_after_days = self._remind_after_days(ack)
+        if announcement_id is None or template is None or audience is None or schedule is None:
+            return None
+        return Announcement(
+            id=announcement_id,
+            template=template,
+            audience=audience,
+            schedule=schedule,
+            path=self.path,
+            line=self.item_line,
+            local_time=local_time,
+            weekdays_only=weekdays_only,
+            quiet_hours=quiet_hours,
+            ack=ack,
+            remind_after_days=remind_after_days,
+            enabled=enabled,
+        )
+
+    def _check_keys(self) -> None:
+        if isinstance(self.node, yaml.MappingNode):
+            seen: set[str] = set()
+            for key_node, _value in self.node.value:
+                name = str(key_node.value)
+                if name in seen and name != "<<":
+                    self.errors.append(
+                        ContentError(
+                            self.path, key_node.start_mark.line + 1, f"{name}: given twice"
+                        )
+                    )
+                    self.failed = True
+                seen.add(name)
+        for key in self.data:
+            if key not in KNOWN_KEYS:
+                hint = _did_you_mean(str(key), KNOWN_KEYS)
+                self.error(
+                    str(key), f"unknown key {key!r}{hint}; known keys: {', '.join(KNOWN_KEYS)}"
+                )
+
+    def _name(self, key: str) -> str | None:
+        value = self.data.get(key)
+        if value is None:
+            self.error(None, f"missing {key}")
+            return None
+        written = self.written(key)
+        if not isinstance(value, str) and NAME_PATTERN.fullmatch(written):
+            # YAML 1.1 reads `off`, `yes`, `2027` … as booleans and numbers, not names.
+            self.error(key, f'{key}: YAML reads {written} as {value!r}; quote it: "{written}"')
+            return None
+        if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
+            self.error(
+                key,
+                f"{key} {value!r} must be lowercase letters, digits, '-' and '_', starting "
+                "with a letter or digit, like training-opens",
+            )
+            return None
+        return value
+
+    def _audience(self) -> tuple[str, ...] | None:
+        value = self.data.get("to")
+        if value is None or value == []:
+            self.error(None if value is None else "to", "missing to (who gets it, e.g. everyone)")
+            return None
+        values = value if isinstance(value, list) else [value]
+        lines = self.value_lines("to") if isinstance(value, list) else []
+        parsed: list[str] = []
+        ok = True
+        for index, text in enumerate(values):
+            try:
+                if not isinstance(text, str):
+                    raise _Invalid(
+                        f"an audience is text like channel:C0123ABCD, not {text!r} "
+                        "(quote it: a colon followed by a space makes YAML read a mapping)"
+                    )
+                audience = parse_audience(text)
+            except _Invalid as exc:
+                ok = False
+                self.failed = True
+                line = lines[index] if index < len(lines) else self.line("to")
+                self.errors.append(ContentError(self.path, line, str(exc)))
+                continue
+            if audience not in parsed:
+                parsed.append(audience)
+        return tuple(parsed) if ok else None
+
+    def _schedule(self, rollout: Rollout) -> OneOff | Recurrence | None:
+        has_at, has_every = "at" in self.data, "every" in self.data
+        if has_at and has_every:
+            self.error("every", "give either at: (once) or every: (recurring), not both")
+            return None
+        if not has_at and not has_every:
+            self.error(None, "missing at: (once) or every: (recurring)")
+            return None
+        if has_at:
+            for key in ("from", "until"):
+                if key in self.data:
+                    self.error(key, f"{key}: only applies to every:, not at:")
+            try:
+                return parse_at(self.data["at"], rollout)
+            except _Invalid as exc:
+                self.error("at", str(exc))
+                return None
+        missing = [key for key in ("from", "until") if self.data.get(key) is None]
+        if missing:
+            self.error(
+                "every",
+                f"every: needs {' and '.join(k + ':' for k in missing)} "
+                '(e.g. from: "go_live - 4 weeks", until: "go_live - 1 day")',
+            )
+        rule: tuple[frozenset[int], int, time] | None = None
+        try:
+            rule = parse_every(self.data["every"])
+        except _Invalid as exc:
+            self.error("every", str(exc))
+        bounds: dict[str, DateExpr] = {}
+        for key in ("from", "until"):
+            if self.data.get(key) is None:
+                continue
+            try:
+                bounds[key] = parse_date(self.data[key], rollout, key=key)
+            except _Invalid as exc:
+                self.error(key, str(exc))
+        if rule is None or len(bounds) < 2:
+            return None
+        first, last = bounds["from"].resolve(rollout), bounds["until"].resolve(rollout)
+        if first > last:
+            self.error("from", f"from ({first}) is after until ({last})")
+            return None
+        weekdays, interval, at = rule
+        return Recurrence(weekdays, at, bounds["from"], bounds["until"], interval)
+
+    def _flag(self, key: str, *, default: bool) -> bool:
+        value = self.data.get(key, default)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            self.error(key, f"{key} must be true or false, not {value!r}")
+            return default
+        return value
+
+    def _quiet_hours(self) -> tuple[time, time] | None:
+        value = self.data.get("quiet_hours")
+        if value is None:
+            return None
+        try:
+            return parse_quiet_hours(value)
+        except _Invalid as exc:
+            self.error("quiet_hours", str(exc))
+            return None
+
+    def _remind_after_days(self, ack: bool) -> int | None:
+        value = self.data.get("remind_after_days")
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            self.error("remind_after_days", f"remind_after_days must be 1 or more, not {value!r}")
+            return None
+        if not ack:
+            self.error(
+                "remind_after_days",
+                "remind_after_days needs ack: true (reminders go to who has not acknowledged)",
+            )
+            return None
+        return value
+
+
+# ---------------------------------------------------------------------------- expressions
+
+
+def parse_at(value: Any, rollout: Rollout) -> OneOff:
+    """Parse an `at:` value (text, or a YAML datetime); ValueError says what is wrong."""
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            raise _Invalid(
+                "at: write the time without a zone (it is in the rollout's zone, or the "
+                'recipient\'s with local_time: true), like "2027-02-15 09:00"'
+            )
+        if value.second or value.microsecond:
+            raise _Invalid("at: times are to the minute, like 2027-02-15 09:00")
+        return OneOff(DateExpr(value.date()), time(value.hour, value.minute))
+    if isinstance(value, date):
+        raise _Invalid(f'at: say at what time, like "{value.isoformat()} 09:00"')
+    if not isinstance(value, str):
+        raise _Invalid(f"at: expected {AT_EXAMPLE}, not {value!r}")
+    text = _normalise(value)
+    absolute = _ABSOLUTE.fullmatch(text)
+    if absolute:
+        return OneOff(DateExpr(_iso_date(absolute["date"])), _clock(absolute))
+    relative = _WITH_TIME.fullmatch(text)
+    if relative:
+        return OneOff(_date_expr(relative["date"], rollout, key="at"), _clock(relative))
+    if _DATE_EXPR.fullmatch(text):
+        raise _Invalid(f'at: say at what time, like "{value.strip()} at 09:00"')
+    raise _Invalid(f"at: expected {AT_EXAMPLE}, not {value!r}")
+
+
+def parse_every(value: Any) -> tuple[frozenset[int], int, time]:
+    """Parse an `every:` value into (weekdays, interval in weeks, time of day)."""
+    error = _Invalid(f"every: expected {EVERY_EXAMPLE}, not {value!r}")
+    if not isinstance(value, str):
+        raise error
+    text = _normalise(value).removeprefix("every ")
+    match = _WITH_TIME.fullmatch(text)
+    if not match:
+        raise error
+    at = _clock(match)
+    what = match["date"]
+    if what in ("day", "daily"):
+        return frozenset(range(7)), 1, at
+    if what in ("weekday", "weekdays"):
+        return frozenset(range(5)), 1, at
+    day = _weekday(what)
+    if day is not None:
+        return frozenset({day}), 1, at
+    weeks = _WEEKS_ON.fullmatch(what)
+    if weeks:
+        day = _weekday(weeks["day"])
+        count = int(weeks["count"] or 1)
+        if day is None:
+            raise _Invalid(f"every: {weeks['day']!r} is not a day of the week, like monday")
+        if count < 1:
+            raise _Invalid("every: the number of weeks must be 1 or more")
+        return frozenset({day}), count, at
+    raise error
+
+
+def parse_date(value: Any, rollout: Rollout, *, key: str = "from") -> DateExpr:
+    """Parse a `from:`/`until:` value: a milestone ± days or weeks, or a date."""
+    if isinstance(value, datetime):
+        raise _Invalid(f"{key}: takes a date without a time, like {value.date().isoformat()}")
+    if isinstance(value, date):
+        return DateExpr(value)
+    if not isinstance(value, str):
+        raise _Invalid(f"{key}: expected {DATE_EXAMPLE}, not {value!r}")
+    text = _normalise(value)
+    if _WITH_TIME.fullmatch(text) or _ABSOLUTE.fullmatch(text):
+        raise _Invalid(f"{key}: takes a date without a time; the time goes in every:")
+    return _date_expr(text, rollout, key=key)
+
+
+def parse_quiet_hours(value: Any) -> tuple[time, time]:
+    """Parse `"20:00-08:00"` into (start, end); the window may wrap midnight."""
+    match = _QUIET.fullmatch(value.strip()) if isinstance(value, str) else None
+    if match is None:
+        raise _Invalid(f'quiet_hours: expected a window like "20:00-08:00", not {value!r}')
+    begin = _time_of(match["h1"], match["m1"], key="quiet_hours")
+    end = _time_of(match["h2"], match["m2"], key="quiet_hours")
+    if begin == end:
+        raise _Invalid("quiet_hours: the window starts and ends at the same time")
+    return begin, end
+
+
+def parse_audience(text: str) -> str:
+    """Check one audience and return its normal form (`everyone`, `channel:C0123ABCD`, …)."""
+    compact = " ".join(text.split())
+    lowered = compact.lower()
+    if lowered == "everyone":
+        return "everyone"
+    if re.fullmatch(r"everyone\s*\+\s*guests", lowered):
+        return "everyone+guests"
+    match = _AUDIENCE.fullmatch(compact)
+    kind = match["kind"].lower() if match else ""
+    rest = match["rest"].strip() if match else ""
+    if kind in ("channel", "members"):
+        if not _CHANNEL_ID.fullmatch(rest):
+            raise _Invalid(
+                f"{kind}: takes a channel id like C0123ABCD (not a #name: names change), "
+                f"not {rest!r}"
+            )
+        return f"{kind}:{rest}"
+    if kind == "group":
+        if not _GROUP_ID.fullmatch(rest):
+            raise _Invalid(f"group: takes a user group id like S0123ABCD, not {rest!r}")
+        return f"group:{rest}"
+    if kind == "users":
+        users = [user.strip() for user in rest.split(",")]
+        bad = [user for user in users if not _USER_ID.fullmatch(user)]
+        if bad:
+            raise _Invalid(
+                f"users: takes user ids like U0123ABCD separated by commas, not {bad[0]!r}"
+            )
+        return "users:" + ",".join(users)
+    if kind == "emails":
+        path = PurePosixPath(rest)
+        if (
+            not rest
+            or path.is_absolute()
+            or rest.startswith("~")
+            or "\\" in rest
+            or ".." in path.parts
+            or path.suffix.lower() != ".csv"
+        ):
+            raise _Invalid(
+                "emails: takes a .csv file's path relative to the content folder, "
+                f"like emails:audiences/pilot.csv, not {rest!r}"
+            )
+        return f"emails:{rest}"
+    raise _Invalid(f"unknown audience {text!r}; expected {AUDIENCE_EXAMPLE}")
+
+
+def _date_expr(text: str, rollout: Rollout, *, key: str) -> DateExpr:
+    match = _DATE_EXPR.fullmatch(text)
+    if match is None:
+        example = AT_EXAMPLE if key == "at" else DATE_EXAMPLE
+        raise _Invalid(f"{key}: expected {example}, not {text!r}")
+    offset = 0
+    if match["count"]:
+        offset = int(match["count"]) * (7 if match["unit"].startswith("week") else 1)
+        if match["symbol"] == "-" or match["word"] == "minus":
+            offset = -offset
+    base = match["base"]
+    if re.fullmatch(r"\d{4}-\d{2}-\d{2}", base):
+        return DateExpr(_iso_date(base), offset)
+    return DateExpr(_milestone(base, rollout.milestones), offset)
+
+
+def _milestone(name: str, milestones: Mapping[str, date]) -> str:
+    by_lower = {known.lower(): known for known in milestones}
+    if name in by_lower:
+        return by_lower[name]
+    known = ", ".join(milestones) or "none (add them under milestones: in rollout.yaml)"
+    hint = _did_you_mean(name, list(milestones))
+    raise _Invalid(f"unknown milestone {name!r}{hint}; known milestones: {known}")
+
+
+def _did_you_mean(name: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _weekday(word: str) -> int | None:
+    if word in WEEKDAY_NAMES:
+        return WEEKDAY_NAMES[word]
+    if word.endswith("s") and word[:-1] in WEEKDAY_NAMES:  # "mondays at 09:00"
+        return WEEKDAY_NAMES[word[:-1]]
+    return None
+
+
+def _normalise(text: str) -> str:
+    return " ".join(text.split()).lower()
+
+
+def _iso_date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise _Invalid(f"{text} is not a real date") from None
+
+
+def _clock(match: re.Match[str]) -> time:
+    return _time_of(match["hour"], match["minute"], key="time")
+
+
+def _time_of(hour: str, minute: str, *, key: str) -> time:
+    if int(hour) > 23 or int(minute) > 59:
+        raise _Invalid(f"{key}: {hour}:{minute} is not a time of day (00:00 to 23:59)")
+    return time(int(hour), int(minute))
