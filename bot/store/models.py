@@ -101,3 +101,84 @@ class AuditLog(SQLModel, table=True):
     actor: str = Field(max_length=40)
     action: str = Field(max_length=60)
     detail: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+
+
+# --- Announcements: the outbox ------------------------------------------------------------
+
+
+class AnnouncementSend(SQLModel, table=True):
+    """One announcement going out: an occurrence of the plan or an ad-hoc send.
+
+    `key` is unique (the plan occurrence's key, or `adhoc:<uuid>`), so a second scheduler or a
+    re-plan cannot create the same send twice."""
+
+    __tablename__ = "announcement_send"
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(max_length=200, unique=True)
+    announcement_id: str = Field(default="", max_length=100, index=True)
+    template: str = Field(max_length=100)
+    audience: str = Field(sa_column=Column(Text, nullable=False))  # JSON list of audience parts
+    # planned → resolving → sending → done; or cancelled | missed
+    state: str = Field(default="planned", max_length=12, index=True)
+    local_time: bool = False
+    weekdays_only: bool = False
+    quiet_hours: str = Field(default="", max_length=20)
+    ack: bool = False
+    remind_after_days: int | None = None
+    owner: str = Field(default="", max_length=40)  # gets the delivery report
+    created_by: str = Field(default="", max_length=40)
+    due_at: datetime = Field(index=True)
+    lease_until: datetime | None = None  # while a process resolves the audience
+    excluded: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    error: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    created_at: datetime = Field(default_factory=utcnow)
+    completed_at: datetime | None = None
+    reported_at: datetime | None = None
+    reminded_at: datetime | None = None
+
+
+class Delivery(SQLModel, table=True):
+    """One recipient of one send: the unit the workers claim, send, retry and reconcile."""
+
+    __tablename__ = "delivery"
+    __table_args__ = (UniqueConstraint("send_id", "recipient"),)
+    id: int | None = Field(default=None, primary_key=True)
+    send_id: int = Field(foreign_key="announcement_send.id", index=True)
+    recipient: str = Field(max_length=40)  # a user id (DM) or a channel id
+    kind: str = Field(default="dm", max_length=8)  # dm | channel
+    name: str = Field(default="", max_length=200)
+    first_name: str = Field(default="", max_length=100)
+    tz: str = Field(default="", max_length=64)
+    # pending → sending → sent | failed | skipped | cancelled; deleted after a recall
+    state: str = Field(default="pending", max_length=10)
+    not_before: datetime = Field(default_factory=utcnow)
+    attempts: int = 0
+    lease_until: datetime | None = None
+    claimed_at: datetime | None = None
+    channel: str = Field(default="", max_length=40)  # the conversation it landed in
+    ts: str = Field(default="", max_length=40)
+    error: str = Field(default="", max_length=100)
+    # pending edit of a sent copy: "" | update | delete
+    op: str = Field(default="", max_length=8)
+    op_not_before: datetime | None = None
+    acked_at: datetime | None = None
+    reminded_at: datetime | None = None
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class RateBudget(SQLModel, table=True):
+    """A token bucket shared by every worker of every process, and the shared 429 pause."""
+
+    __tablename__ = "rate_budget"
+    name: str = Field(primary_key=True, max_length=40)
+    tokens: float = 0.0
+    updated: float = 0.0  # epoch seconds
+    paused_until: float = 0.0  # epoch seconds: a Retry-After holds every worker
+
+
+class SchedulerMark(SQLModel, table=True):
+    """How far the plan has been materialised, so a restart knows what it missed."""
+
+    __tablename__ = "scheduler_mark"
+    name: str = Field(primary_key=True, max_length=40)
+    at: datetime

@@ -45,6 +45,7 @@ def escape(text: str) -> str:
 def markdown_to_mrkdwn(text: str) -> str:
     """Trusted Markdown → Slack mrkdwn, keeping only safe Slack tokens (mentions, links)."""
     kept: list[str] = []
+    text = text.replace("\x00", "")  # the placeholder marker below must not occur in the input
 
     def keep(token: str) -> str:
         kept.append(token)

@@ -118,7 +118,8 @@ _WITH_TIME = re.compile(rf"(?P<date>.+?)\s+at\s+{_CLOCK}")
 _DATE_EXPR = re.compile(
     r"(?P<base>\d{4}-\d{2}-\d{2}|[a-z_][a-z0-9_-]*?)"
     # `plus`/`minus` need a space before them, so a milestone named `surplus` stays whole.
-    r"(?:(?:\s*(?P<symbol>[+-])|\s+(?P<word>plus|minus))\s*(?P<count>\d+)\s*(?P<unit>days?|weeks?))?"
+    r"(?:(?:\s*(?P<symbol>[+-])|\s+(?P<word>plus|minus))"
+    r"\s*(?P<count>\d+)\s*(?P<unit>days?|weeks?))?"
 )
 _WEEKS_ON = re.compile(r"(?:(?P<count>\d+)\s*)?weeks?\s+on\s+(?P<day>[a-z]+)")
 _QUIET = re.compile(
@@ -832,10 +833,11 @@ def _iso_date(text: str) -> date:
 
 
 def _clock(match: re.Match[str]) -> time:
-    return _time_of(match["hour"], match["minute"], key="time")
+    return _time_of(match["hour"], match["minute"])
 
 
-def _time_of(hour: str, minute: str, *, key: str) -> time:
+def _time_of(hour: str, minute: str, *, key: str = "") -> time:
     if int(hour) > 23 or int(minute) > 59:
-        raise _Invalid(f"{key}: {hour}:{minute} is not a time of day (00:00 to 23:59)")
+        prefix = f"{key}: " if key else ""
+        raise _Invalid(f"{prefix}{hour}:{minute} is not a time of day (00:00 to 23:59)")
     return time(int(hour), int(minute))

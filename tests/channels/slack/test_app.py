@@ -296,7 +296,7 @@ def test_bad_content_edit_keeps_serving_and_tells_admins(
     path = content_dir / "messages" / "faq" / "reset-password.md"
     path.write_text(path.read_text().replace("question:", "question: [broken"))
     bot.service.reload()
-    report = posts(slack, f"D{ADMIN}")[0]
+    report = posts(slack, ADMIN)[0]
     assert "reset-password.md:3" in block_text(report.params["blocks"])
     bot.dm(ANSWERABLE)
     assert "password" in block_text(posts(slack, "DU1")[0].params["blocks"]).lower()

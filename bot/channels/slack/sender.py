@@ -1,0 +1,123 @@
+"""The outbox's Slack side: post with the delivery id in message metadata, edit, delete, and
+search a conversation for a delivery id after a crash. 429s are returned, not slept on, so
+the outbox can pause every worker at once."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError, SlackClientError
+from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler
+
+from bot.channels.slack.chat import slack_error_code
+from bot.channels.slack.render import to_payload
+from bot.core.delivery import SendResult
+from bot.core.messages import Message
+from bot.metrics import SLACK_ERRORS
+
+log = logging.getLogger(__name__)
+EVENT_TYPE = "mobilize_delivery"
+
+
+def outbox_client(*, token: str, base_url: str) -> WebClient:
+    """A WebClient that retries connection errors only: the outbox handles 429 itself."""
+    return WebClient(
+        token=token,
+        base_url=base_url,
+        timeout=15,
+        retry_handlers=[ConnectionErrorRetryHandler(max_retry_count=2)],
+    )
+
+
+class SlackSender:
+    """Implements bot.core.delivery.Sender on the Slack Web API."""
+
+    def __init__(self, client: WebClient) -> None:
+        self.client = client
+
+    def _call(self, method: str, **kwargs: Any) -> tuple[dict[str, Any] | None, SendResult | None]:
+        try:
+            # Write methods take JSON bodies; read methods want form parameters.
+            if method.startswith("chat."):
+                response = self.client.api_call(method, json=kwargs)
+            else:
+                response = self.client.api_call(method, params=kwargs)
+            return dict(response.data) if isinstance(response.data, dict) else {}, None
+        except SlackApiError as exc:
+            code = slack_error_code(exc)
+            retry_after = None
+            if exc.response is not None and exc.response.status_code == 429:
+                header = exc.response.headers.get("Retry-After") or exc.response.headers.get(
+                    "retry-after"
+                )
+                retry_after = float(header[0] if isinstance(header, list) else header or 1)
+            SLACK_ERRORS.labels(method=method, error=code).inc()
+            log.warning("slack %s failed: %s", method, code)
+            return None, SendResult(ok=False, error=code, retry_after=retry_after)
+        except (SlackClientError, OSError) as exc:
+            SLACK_ERRORS.labels(method=method, error="connection_error").inc()
+            log.warning("slack %s failed: connection error %s", method, type(exc).__name__)
+            return None, SendResult(ok=False, error="connection_error")
+
+    def post(self, *, recipient: str, message: Message, delivery_id: int) -> SendResult:
+        payload = to_payload(message)
+        payload["metadata"] = {
+            "event_type": EVENT_TYPE,
+            "event_payload": {"delivery_id": delivery_id},
+        }
+        data, error = self._call("chat.postMessage", channel=recipient, **payload)
+        if error:
+            return error
+        assert data is not None
+        return SendResult(
+            ok=True, channel=str(data.get("channel", recipient)), ts=str(data.get("ts", ""))
+        )
+
+    def update(self, *, channel: str, ts: str, message: Message) -> SendResult:
+        _data, error = self._call("chat.update", channel=channel, ts=ts, **to_payload(message))
+        return error or SendResult(ok=True, channel=channel, ts=ts)
+
+    def delete(self, *, channel: str, ts: str) -> SendResult:
+        _data, error = self._call("chat.delete", channel=channel, ts=ts)
+        return error or SendResult(ok=True, channel=channel, ts=ts)
+
+    def find(
+        self, *, recipient: str, channel: str, delivery_id: int, since: datetime
+    ) -> SendResult:
+        if not channel:
+            if recipient[:1] in {"U", "W"}:
+                data, error = self._call("conversations.open", users=recipient)
+                if error:
+                    return error
+                assert data is not None
+                channel = str((data.get("channel") or {}).get("id", ""))
+            else:
+                channel = recipient
+        cursor = ""
+        for _page in range(20):  # bounded: the message was posted after `since`
+            params: dict[str, Any] = {
+                "channel": channel,
+                "oldest": f"{since.timestamp():.6f}",
+                "include_all_metadata": True,
+                "limit": 200,
+            }
+            if cursor:
+                params["cursor"] = cursor
+            data, error = self._call("conversations.history", **params)
+            if error:
+                return error
+            assert data is not None
+            for message in data.get("messages") or []:
+                metadata = message.get("metadata") or {}
+                payload = metadata.get("event_payload") or {}
+                if metadata.get("event_type") == EVENT_TYPE and str(
+                    payload.get("delivery_id")
+                ) == str(delivery_id):
+                    return SendResult(ok=True, channel=channel, ts=str(message.get("ts", "")))
+            cursor = str((data.get("response_metadata") or {}).get("next_cursor") or "")
+            if not cursor:
+                break
+        return SendResult(ok=False, channel=channel, error="not_found")
