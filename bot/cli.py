@@ -16,6 +16,7 @@ from rich.table import Table
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
+from bot.cli_announce import app as announce_app
 from bot.config import Settings, SettingsError, get_settings
 from bot.core.content import ContentError, ContentErrors
 
@@ -30,6 +31,7 @@ faq_app = typer.Typer(
 db_app = typer.Typer(help="The database.", no_args_is_help=True)
 app.add_typer(faq_app, name="faq")
 app.add_typer(db_app, name="db")
+app.add_typer(announce_app, name="announce")
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")
@@ -106,6 +108,7 @@ def run(
     service = Service(settings)
     service.watch_content()
     service.sync_learned()
+    service.start_announcements()
     if socket_mode:
         from slack_bolt.adapter.socket_mode import SocketModeHandler
 
@@ -139,17 +142,23 @@ def chat(
 @app.command()
 def check() -> None:
     """Validate messages/ and schedules/; prints file:line: reason and exits non-zero on errors."""
+    from bot.core.announcements.announcer import load_announcements
     from bot.core.faq.kb import load_content
 
     settings = get_settings()
+    now = datetime.now(UTC)
     rollout, kb, errors = load_content(
-        settings.content_dir, now=datetime.now(UTC), default_timezone=settings.timezone
+        settings.content_dir, now=now, default_timezone=settings.timezone
     )
-    if errors:
-        raise ContentErrors(errors)
+    announcements, more = load_announcements(
+        settings.content_dir, now=now, default_timezone=settings.timezone
+    )
+    if errors or more:
+        raise ContentErrors(errors + more)
     console.print(
-        f"OK: {len(kb)} FAQ entries, {len(rollout.milestones)} milestones "
-        f"in {settings.content_dir.resolve()}"
+        f"OK: {len(kb)} FAQ entries, {len(rollout.milestones)} milestones, "
+        f"{len(announcements.plan.announcements)} planned announcements, "
+        f"{len(announcements.templates)} templates in {settings.content_dir.resolve()}"
     )
 
 

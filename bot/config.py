@@ -23,6 +23,13 @@ HINTS: dict[str, str] = {
     "MOBILIZE_TIMEZONE": "an IANA time zone name such as Europe/London",
     "MOBILIZE_EMBEDDING_MODEL": "a sentence-transformers model name or local path, or 'none'",
     "MOBILIZE_LOG_LEVEL": "DEBUG, INFO, WARNING or ERROR",
+    "MOBILIZE_SLACK_MAX_RETRIES": "a whole number from 0 to 10",
+    "MOBILIZE_ADMIN_GROUP": "a Slack user group id (S…) whose members are admins",
+    "MOBILIZE_SEND_RATE": "messages per second for the whole workspace, e.g. 20",
+    "MOBILIZE_EDIT_RATE": "edits and deletions per second (Slack Tier 3 is about 0.8)",
+    "MOBILIZE_WORKERS": "how many sending threads each process runs, e.g. 4",
+    "MOBILIZE_GRACE_MINUTES": "minutes after which a missed announcement is no longer sent",
+    "MOBILIZE_TICK_SECONDS": "seconds between scheduler runs, e.g. 30",
 }
 
 
@@ -51,6 +58,12 @@ class Settings(BaseSettings):
     )
     log_level: str = Field(default="INFO", alias="MOBILIZE_LOG_LEVEL")
     slack_max_retries: int = Field(default=3, ge=0, le=10, alias="MOBILIZE_SLACK_MAX_RETRIES")
+    admin_group: str = Field(default="", alias="MOBILIZE_ADMIN_GROUP")
+    send_rate: float = Field(default=20.0, gt=0, le=1000, alias="MOBILIZE_SEND_RATE")
+    edit_rate: float = Field(default=0.8, gt=0, le=100, alias="MOBILIZE_EDIT_RATE")
+    workers: int = Field(default=4, ge=0, le=64, alias="MOBILIZE_WORKERS")
+    grace_minutes: int = Field(default=360, ge=0, alias="MOBILIZE_GRACE_MINUTES")
+    tick_seconds: float = Field(default=30.0, gt=0, alias="MOBILIZE_TICK_SECONDS")
 
     @field_validator("slack_api_url")
     @classmethod
@@ -75,6 +88,13 @@ class Settings(BaseSettings):
         value = value.upper()
         if value not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ValueError(f"unknown log level {value!r}")
+        return value
+
+    @field_validator("admin_group")
+    @classmethod
+    def _admin_group(cls, value: str) -> str:
+        if value and not value.startswith("S"):
+            raise ValueError(f"{value!r} is not a Slack user group id")
         return value
 
     @field_validator("admins")

@@ -1,17 +1,25 @@
-"""Assembles the running bot: database, knowledge base, Slack app, content watcher."""
+"""Assembles the running bot: database, knowledge base, announcements, Slack app, watchers."""
 
 from __future__ import annotations
 
 import logging
 import threading
+from datetime import UTC, datetime, timedelta
 
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Engine
 
-from bot.channels.slack.app import build_app
+from bot import jobs
+from bot.channels.slack.app import Admins, build_app
 from bot.channels.slack.chat import SlackChat, make_client
+from bot.channels.slack.directory import SlackDirectory
+from bot.channels.slack.sender import SlackSender, outbox_client
 from bot.channels.slack.server import HttpServer, WebApp
 from bot.config import Settings
-from bot.core.content import ContentError
+from bot.core.announcements.announcer import Announcer
+from bot.core.content import ContentError, ContentErrors
+from bot.core.delivery import Limits
 from bot.core.faq.desk import FaqDesk
 from bot.core.faq.embed import CachedEmbedder, Embedder, load_embedder
 from bot.core.faq.engine import FaqEngine
@@ -34,10 +42,38 @@ def make_embedder(settings: Settings, db: Engine) -> Embedder | None:
     return CachedEmbedder(inner, DbEmbeddingCache(db)) if inner else None
 
 
+def make_announcer(settings: Settings, db: Engine, chat: SlackChat) -> Announcer:
+    """The announcement service on Slack, from settings."""
+    client = make_client(
+        token=settings.slack_bot_token or "xoxb-unset",
+        base_url=settings.slack_api_url,
+        max_retries=settings.slack_max_retries,
+    )
+    return Announcer(
+        db=db,
+        content_dir=settings.content_dir,
+        directory=SlackDirectory(client),
+        sender=SlackSender(
+            outbox_client(
+                token=settings.slack_bot_token or "xoxb-unset", base_url=settings.slack_api_url
+            )
+        ),
+        chat=chat,
+        admins=settings.admin_ids,
+        limits=Limits(
+            posts_per_second=settings.send_rate,
+            burst=settings.send_rate,
+            edits_per_second=settings.edit_rate,
+        ),
+        grace=timedelta(minutes=settings.grace_minutes),
+        default_timezone=settings.timezone,
+    )
+
+
 class Service:
     """Everything `mobilize run` needs, built once from settings."""
 
-    def __init__(self, settings: Settings, *, with_slack: bool = True) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.db = make_engine(settings.database_url)
         upgrade(self.db)
@@ -52,26 +88,34 @@ class Service:
             content_dir=settings.content_dir,
             embedder=make_embedder(settings, self.db),
             db=self.db,
-            on_errors=self.report_content_errors if with_slack else None,
             default_timezone=settings.timezone,
         )
         self.engine.load()
         self.desk = FaqDesk(
             engine=self.engine, db=self.db, support_channel=settings.support_channel
         )
+        self.announcer = make_announcer(settings, self.db, self.chat)
+        errors = self.announcer.load()
+        if errors:
+            raise ContentErrors(errors)
+        self.admins = Admins(self.client, users=settings.admin_ids, group=settings.admin_group)
         self.app = build_app(
             client=self.client,
             signing_secret=settings.slack_signing_secret,
             desk=self.desk,
             db=self.db,
             support_channel=settings.support_channel,
-            admins=settings.admin_ids,
+            admins=self.admins,
+            announcer=self.announcer,
         )
         self._stop = threading.Event()
+        self.scheduler: BackgroundScheduler | None = None
 
     def report_content_errors(self, errors: list[ContentError]) -> None:
         """Tell the admins what is wrong; the last good content keeps serving."""
         CONTENT_RELOADS.labels(result="error").inc()
+        for error in errors:
+            log.warning("content error: %s", error)
         listing = "\n".join(f"• `{error}`" for error in errors[:20])
         more = f"\n…and {len(errors) - 20} more" if len(errors) > 20 else ""
         for admin in sorted(self.settings.admin_ids):
@@ -84,21 +128,19 @@ class Service:
             )
 
     def reload(self) -> None:
-        if not self.engine.load():
+        """Reload every content file; errors reach the admins, the last good content stays."""
+        errors = self.engine.load() + self.announcer.load()
+        if errors:
+            self.report_content_errors(errors)
+        else:
             CONTENT_RELOADS.labels(result="ok").inc()
 
     def watch_content(self) -> threading.Thread:
         """Reload when files under messages/ or schedules/ change (no restart needed)."""
         from watchfiles import watch
 
-        folders = [
-            p
-            for p in (
-                self.settings.content_dir / "messages",
-                self.settings.content_dir / "schedules",
-            )
-            if p.is_dir()
-        ]
+        root = self.settings.content_dir
+        folders = [p for p in (root / "messages", root / "schedules") if p.is_dir()]
 
         def loop() -> None:
             if not folders:
@@ -127,9 +169,33 @@ class Service:
         thread.start()
         return thread
 
+    def start_announcements(self, *, workers: int | None = None) -> None:
+        """The scheduler (APScheduler with its persistent job store) and the outbox workers."""
+        jobs.RUNNING["default"] = self.announcer
+        self.scheduler = BackgroundScheduler(
+            jobstores={"default": SQLAlchemyJobStore(engine=self.db)}, timezone=UTC
+        )
+        self.scheduler.add_job(
+            jobs.announcements_tick,
+            "interval",
+            seconds=self.settings.tick_seconds,
+            id="announcements.tick",
+            kwargs={"workspace": "default"},
+            replace_existing=True,
+            coalesce=True,
+            max_instances=1,
+            next_run_time=datetime.now(UTC),
+        )
+        self.scheduler.start()
+        count = self.settings.workers if workers is None else workers
+        self.announcer.start_workers(self._stop, count=count)
+
     def http_server(self, *, port: int, host: str = "0.0.0.0") -> HttpServer:
         return HttpServer(WebApp(self.app, ready=self.ready.is_set), host=host, port=port)
 
     def stop(self) -> None:
         self._stop.set()
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=False)
+        jobs.RUNNING.pop("default", None)
         self.db.dispose()

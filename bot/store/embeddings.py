@@ -49,7 +49,7 @@ class DbEmbeddingCache:
             return
         with Session(self.engine) as session:
             items = {text_hash(text): vector for text, vector in vectors.items()}
-            existing = set()
+            existing: set[str] = set()
             keys = list(items)
             for start in range(0, len(keys), _BATCH):
                 chunk = keys[start : start + _BATCH]

@@ -13,6 +13,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(moment: datetime) -> datetime:
+    """An aware UTC datetime; naive values (as some drivers return them) are taken as UTC."""
+    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 class EmbeddingVector(SQLModel, table=True):
     """A cached sentence embedding, keyed by model and a hash of the text."""
 
@@ -134,7 +139,10 @@ class AnnouncementSend(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
     completed_at: datetime | None = None
     reported_at: datetime | None = None
+    report_channel: str = Field(default="", max_length=40)  # the owner's report, kept up to date
+    report_ts: str = Field(default="", max_length=40)
     reminded_at: datetime | None = None
+    reminder_of: int | None = Field(default=None, foreign_key="announcement_send.id")
 
 
 class Delivery(SQLModel, table=True):

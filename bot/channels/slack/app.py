@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from typing import Any
 
@@ -16,9 +17,11 @@ from sqlmodel import Session
 from bot.channels.slack.chat import SlackChat, call
 from bot.channels.slack.render import action_id_of, to_blocks, to_payload
 from bot.core import messages as m
+from bot.core.announcements.announcer import Announcer
+from bot.core.announcements.templates import Recipient, TemplateRenderError
 from bot.core.faq.desk import Asker, FaqDesk
 from bot.core.faq.gaps import picks
-from bot.core.messages import Address, Message
+from bot.core.messages import Address, Message, Posted
 from bot.metrics import ANSWER_SECONDS, DUPLICATES, EVENTS, QUESTIONS
 from bot.store.models import SlackEvent
 
@@ -39,7 +42,8 @@ def build_app(
     desk: FaqDesk,
     db: Engine,
     support_channel: str,
-    admins: frozenset[str] = frozenset(),
+    admins: Admins | frozenset[str] = frozenset(),
+    announcer: Announcer | None = None,
 ) -> App:
     """A Bolt app answering DMs, mentions and /ask, with feedback, escalation and App Home."""
     app = App(client=client, signing_secret=signing_secret, token_verification_enabled=False)
@@ -65,6 +69,19 @@ def build_app(
     @app.event("message")
     def on_message(event: dict[str, Any]) -> None:
         if event.get("subtype") in IGNORED_SUBTYPES or event.get("bot_id") or not event.get("user"):
+            return
+        words = str(event.get("text") or "").split()
+        if (
+            announcer is not None
+            and event.get("channel_type") == "im"
+            and len(words) == 2
+            and words[0].lower() == "preview"
+            and str(event["user"]) in admins
+        ):
+            EVENTS.labels(kind="preview").inc()
+            chat.post(
+                Address(str(event["channel"])), preview(announcer, words[1], str(event["user"]))
+            )
             return
         text, user, channel = (
             str(event.get("text") or ""),
@@ -155,6 +172,25 @@ def build_app(
             notice = desk.save_as_faq(interaction.value, interaction.user_id)
             chat.post(Address(interaction.channel_id, only_for=interaction.user_id), notice)
 
+    @app.action(re.compile(r"^announce\.link"))
+    def on_link(ack: Ack) -> None:
+        ack()  # link buttons open in the browser; Slack still tells us about the click
+
+    @app.action(re.compile(r"^announce\.ack"))
+    def on_acknowledge(ack: Ack, body: dict[str, Any], action: dict[str, Any]) -> None:
+        ack()
+        EVENTS.labels(kind="acknowledge").inc()
+        if announcer is None:
+            return
+        interaction = _interaction(body, action)
+        try:
+            send_id = int(interaction.value)
+        except ValueError:
+            return
+        copy = announcer.acknowledge(send_id=send_id, user_id=interaction.user_id)
+        if copy is not None and interaction.message_ts:
+            chat.update(Posted(interaction.channel_id, interaction.message_ts), copy)
+
     def publish_home(user: str) -> None:
         home = home_message(desk, admin=user in admins)
         view = {"type": "home", "blocks": [block.to_dict() for block in to_blocks(home)]}
@@ -172,6 +208,49 @@ def build_app(
         log.exception("unhandled error for a %s request", body.get("type", "?"), exc_info=error)
 
     return app
+
+
+def preview(announcer: Announcer, template_id: str, user_id: str) -> Message:
+    """An admin's preview of a template, rendered for themselves."""
+    try:
+        copy = announcer.preview(template_id, Recipient(user_id, "you", "you", None))
+    except KeyError:
+        known = ", ".join(sorted(announcer.content.templates)) or "none"
+        return m.say(f"No template `{template_id[:60]}`. Templates: {known}")
+    except TemplateRenderError as exc:
+        return m.say(f"Template `{template_id}` does not render: {exc.reason}")
+    intro = m.say(f"*Preview of `{template_id}`* (buttons do nothing here):")
+    return Message((*intro.parts, *copy.parts), copy.context, copy.buttons, copy.summary)
+
+
+class Admins:
+    """Who may run admin actions: MOBILIZE_ADMINS, plus members of MOBILIZE_ADMIN_GROUP
+    (looked up at most every `ttl` seconds)."""
+
+    def __init__(
+        self, client: WebClient, *, users: frozenset[str], group: str = "", ttl: float = 300
+    ) -> None:
+        self.client = client
+        self.users = users
+        self.group = group
+        self.ttl = ttl
+        self._members: frozenset[str] = frozenset()
+        self._fetched = 0.0
+        self._lock = threading.Lock()
+
+    def __contains__(self, user_id: object) -> bool:
+        return user_id in self.users or user_id in self._group_members()
+
+    def _group_members(self) -> frozenset[str]:
+        if not self.group:
+            return frozenset()
+        with self._lock:
+            if time.monotonic() - self._fetched > self.ttl:
+                data = call(self.client, "usergroups.users.list", usergroup=self.group)
+                if data is not None:
+                    self._members = frozenset(str(u) for u in data.get("users") or [])
+                self._fetched = time.monotonic()
+            return self._members
 
 
 def home_message(desk: FaqDesk, *, admin: bool = False) -> Message:

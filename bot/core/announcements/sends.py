@@ -24,7 +24,7 @@ from sqlmodel import Session, col, select
 from bot.core.announcements.audience import Audience, AudienceError, Directory, resolve
 from bot.core.announcements.plan import Occurrence, Plan, occurrences, send_time
 from bot.core.content import Rollout
-from bot.store.models import AnnouncementSend, Delivery, SchedulerMark, utcnow
+from bot.store.models import AnnouncementSend, Delivery, SchedulerMark, as_utc
 
 log = logging.getLogger(__name__)
 TERMINAL = ("sent", "failed", "skipped", "cancelled", "deleted")
@@ -96,22 +96,18 @@ def materialise(
         if stored is not None and stored.id is not None:
             (report.missed if missed else report.created).append(stored.id)
             if missed:
-                log.warning("announcement %s was missed (due %s)", occurrence.key, occurrence.due_utc)
+                log.warning(
+                    "announcement %s was missed (due %s)", occurrence.key, occurrence.due_utc
+                )
     with Session(db) as session:
         mark = session.get(SchedulerMark, MARK) or SchedulerMark(name=MARK, at=now)
-        mark.at = max(_aware(mark.at), now)
+        mark.at = max(as_utc(mark.at), now)
         session.add(mark)
         try:
             session.commit()
         except IntegrityError:
             session.rollback()
     return report
-
-
-def _aware(moment: datetime) -> datetime:
-    from datetime import UTC
-
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def create_adhoc(
@@ -169,25 +165,35 @@ def resolve_due(
             audience = resolve(json.loads(send.audience), directory, content_dir=content_dir)
         except AudienceError as exc:
             log.error("announcement send %s: audience failed: %s", send_id, exc)
-            _set_send(db, send_id, state="planned", error=str(exc), lease_until=now + timedelta(minutes=1))
+            _set_send(
+                db, send_id, state="planned", error=str(exc), lease_until=now + timedelta(minutes=1)
+            )
             continue
         announcement = plan.get(send.announcement_id) if send.announcement_id else None
-        write_deliveries(db=db, send=send, audience=audience, rollout=rollout, now=now,
-                         when=_per_recipient(announcement, send, rollout))
+        write_deliveries(
+            db=db,
+            send=send,
+            audience=audience,
+            rollout=rollout,
+            now=now,
+            when=_per_recipient(announcement, send, rollout),
+        )
         done.append(send_id)
     return done
 
 
-def _per_recipient(announcement: object, send: AnnouncementSend, rollout: Rollout) -> Callable[[str | None], datetime]:
+def _per_recipient(
+    announcement: object, send: AnnouncementSend, rollout: Rollout
+) -> Callable[[str | None], datetime]:
     from bot.core.announcements.plan import Announcement
 
     if not isinstance(announcement, Announcement) or not send.local_time:
-        return lambda _tz: _aware(send.due_at)
+        return lambda _tz: as_utc(send.due_at)
     occurrence = Occurrence(
         announcement_id=announcement.id,
         key=send.key,
         local=datetime.fromisoformat(send.key.split("@", 1)[1]),
-        due_utc=_aware(send.due_at),
+        due_utc=as_utc(send.due_at),
     )
     return lambda tz: send_time(announcement, occurrence, tz=tz, rollout=rollout)
 
@@ -199,7 +205,8 @@ def _lease_send(db: Engine, send_id: int, now: datetime) -> bool:
             .where(
                 col(AnnouncementSend.id) == send_id,
                 col(AnnouncementSend.state).in_(["planned", "resolving"]),
-                (col(AnnouncementSend.lease_until).is_(None)) | (col(AnnouncementSend.lease_until) < now),
+                (col(AnnouncementSend.lease_until).is_(None))
+                | (col(AnnouncementSend.lease_until) < now),
             )
             .values(state="resolving", lease_until=now + RESOLVE_LEASE)
         )
@@ -209,7 +216,9 @@ def _lease_send(db: Engine, send_id: int, now: datetime) -> bool:
 
 def _set_send(db: Engine, send_id: int, **values: object) -> None:
     with Session(db) as session:
-        session.execute(update(AnnouncementSend).where(col(AnnouncementSend.id) == send_id).values(**values))
+        session.execute(
+            update(AnnouncementSend).where(col(AnnouncementSend.id) == send_id).values(**values)
+        )
         session.commit()
 
 
@@ -226,7 +235,7 @@ def write_deliveries(
     assert send.id is not None
     with Session(db) as session:
         existing = set(
-            session.exec(select(Delivery.recipient).where(Delivery.send_id == send.id)).all()
+            session.exec(select(Delivery.recipient).where(col(Delivery.send_id) == send.id)).all()
         )
         rows = [
             Delivery(send_id=send.id, recipient=channel, kind="channel", not_before=when(None))
@@ -265,17 +274,22 @@ def complete(*, db: Engine, now: datetime) -> list[int]:
     """Mark sends whose every delivery is settled as done; returns their ids."""
     finished: list[int] = []
     with Session(db) as session:
-        sending = session.exec(select(AnnouncementSend.id).where(AnnouncementSend.state == "sending")).all()
+        sending = session.exec(
+            select(AnnouncementSend.id).where(AnnouncementSend.state == "sending")
+        ).all()
         for send_id in sending:
             open_rows = session.exec(
                 select(func.count()).where(
-                    Delivery.send_id == send_id, col(Delivery.state).not_in(TERMINAL)
+                    col(Delivery.send_id) == send_id, col(Delivery.state).not_in(TERMINAL)
                 )
             ).one()
             if open_rows == 0:
                 session.execute(
                     update(AnnouncementSend)
-                    .where(col(AnnouncementSend.id) == send_id, col(AnnouncementSend.state) == "sending")
+                    .where(
+                        col(AnnouncementSend.id) == send_id,
+                        col(AnnouncementSend.state) == "sending",
+                    )
                     .values(state="done", completed_at=now)
                 )
                 finished.append(int(send_id or 0))
@@ -306,13 +320,13 @@ def request_edit(*, db: Engine, send_id: int, op: str, now: datetime) -> int:
     with Session(db) as session:
         result = session.execute(
             update(Delivery)
-            .where(Delivery.send_id == send_id, Delivery.state == "sent")
+            .where(col(Delivery.send_id) == send_id, col(Delivery.state) == "sent")
             .values(op=op, op_not_before=now)
         )
         if op == "delete":
             session.execute(
                 update(Delivery)
-                .where(Delivery.send_id == send_id, col(Delivery.state).in_(["pending"]))
+                .where(col(Delivery.send_id) == send_id, col(Delivery.state).in_(["pending"]))
                 .values(state="cancelled", error="recalled")
             )
         session.commit()
@@ -324,7 +338,7 @@ def resend_failed(*, db: Engine, send_id: int, now: datetime) -> int:
     with Session(db) as session:
         result = session.execute(
             update(Delivery)
-            .where(Delivery.send_id == send_id, Delivery.state == "failed")
+            .where(col(Delivery.send_id) == send_id, col(Delivery.state) == "failed")
             .values(state="pending", attempts=0, error="", not_before=now)
         )
         session.execute(
@@ -341,7 +355,7 @@ def cancel(*, db: Engine, send_id: int) -> int:
     with Session(db) as session:
         result = session.execute(
             update(Delivery)
-            .where(Delivery.send_id == send_id, Delivery.state == "pending")
+            .where(col(Delivery.send_id) == send_id, col(Delivery.state) == "pending")
             .values(state="cancelled", error="cancelled")
         )
         session.execute(
@@ -361,14 +375,52 @@ def unacknowledged(*, db: Engine, send_id: int) -> list[Delivery]:
         return list(
             session.exec(
                 select(Delivery).where(
-                    Delivery.send_id == send_id,
-                    Delivery.state == "sent",
-                    Delivery.kind == "dm",
+                    col(Delivery.send_id) == send_id,
+                    col(Delivery.state) == "sent",
+                    col(Delivery.kind) == "dm",
                     col(Delivery.acked_at).is_(None),
                 )
             ).all()
         )
 
 
-def ids_of(rows: Iterable[Delivery]) -> list[int]:
-    return [int(row.id or 0) for row in rows]
+def create_reminder(
+    *, db: Engine, parent: AnnouncementSend, recipients: Iterable[Delivery], now: datetime
+) -> int | None:
+    """A reminder send to `recipients` (copied from the parent's rows); None if one exists or
+    nobody is left to remind. The parent is marked reminded either way."""
+    assert parent.id is not None
+    people = list(recipients)
+    child_id: int | None = None
+    if people:
+        child = AnnouncementSend(
+            key=f"{parent.key}:reminder",
+            announcement_id=parent.announcement_id,
+            template=parent.template,
+            audience=json.dumps([f"reminder of #{parent.id}"]),
+            state="sending",
+            ack=True,
+            owner="",
+            created_by="reminder",
+            due_at=now,
+            reminder_of=parent.id,
+        )
+        with Session(db) as session:
+            stored = _store_send(session, child)
+            if stored is not None and stored.id is not None:
+                child_id = stored.id
+                session.add_all(
+                    Delivery(
+                        send_id=stored.id,
+                        recipient=row.recipient,
+                        kind="dm",
+                        name=row.name,
+                        first_name=row.first_name,
+                        tz=row.tz,
+                        not_before=now,
+                    )
+                    for row in people
+                )
+                session.commit()
+    _set_send(db, parent.id, reminded_at=now)
+    return child_id

@@ -49,10 +49,7 @@ from bot.core.content import (
     template_variables,
 )
 from bot.core.faq.kb import split_front_matter
-from bot.core.messages import Button, Message, Text
-
-ANNOUNCE_ACK = "announce.ack"  # the "I've read this" button; its value identifies the delivery
-ANNOUNCE_LINK = "announce.link"  # link buttons: Slack still sends a click, which we ignore
+from bot.core.messages import ANNOUNCE_ACK, ANNOUNCE_LINK, Button, Message, Text
 
 ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]*$")  # the same rule as template names in the plan
 KNOWN_KEYS = ("title", "owner", "buttons")

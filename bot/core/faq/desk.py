@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bot.core.faq.policy import Decision
 from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
 from bot.core.faq.engine import FaqEngine
 from bot.core.faq.kb import FaqEntry, entry_file_text
+from bot.core.faq.policy import Decision
 from bot.core.messages import (
     FAQ_HELPFUL,
     FAQ_HUMAN,

@@ -183,7 +183,12 @@ class SentenceTransformerEmbedder:
         self.model = model
         self.name = name
         self.batch_size = batch_size
-        self.dim = int(model.get_sentence_embedding_dimension() or 0)
+        # Renamed in sentence-transformers 6; the old name still works there, with a warning.
+        dimension = (
+            getattr(model, "get_embedding_dimension", None)
+            or model.get_sentence_embedding_dimension
+        )
+        self.dim = int(dimension() or 0)
 
     def encode(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         if not texts:

@@ -13,14 +13,14 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bot.core.faq.embed import Embedder
-from bot.core.faq.matcher import Matcher
-from bot.core.faq.policy import Decision, Policy, calibrate
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 from bot.core.content import ContentError, ContentErrors, Rollout
+from bot.core.faq.embed import Embedder
 from bot.core.faq.kb import KnowledgeBase, load_content
+from bot.core.faq.matcher import Matcher
+from bot.core.faq.policy import Decision, Policy, calibrate
 from bot.store.models import LearnedAlternate
 
 log = logging.getLogger(__name__)

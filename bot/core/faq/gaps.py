@@ -6,10 +6,10 @@ import re
 from dataclasses import dataclass, field
 
 import numpy as np
-from bot.core.faq.embed import Embedder
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
+from bot.core.faq.embed import Embedder
 from bot.store.models import Feedback, LearnedAlternate, QuestionLog
 
 SIMILAR = 0.6  # cosine (or word-overlap) similarity that puts two questions in one group

@@ -2,13 +2,13 @@
 
 Revision ID: 0002
 Revises: 0001
-Create Date: 2026-11-23 11:00:44.347675
+Create Date: 2026-11-23 11:18:04.934587
 """
 
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-import sqlmodel
+import sqlmodel.sql.sqltypes
 from alembic import op
 
 revision: str = "0002"
@@ -41,7 +41,14 @@ def upgrade() -> None:
         sa.Column("created_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
         sa.Column("completed_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
         sa.Column("reported_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
+        sa.Column("report_channel", sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
+        sa.Column("report_ts", sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
         sa.Column("reminded_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
+        sa.Column("reminder_of", sa.Integer(), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["reminder_of"],
+            ["announcement_send.id"],
+        ),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("key"),
     )
