@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
 from bot.cli_announce import app as announce_app
+from bot.cli_survey import app as survey_app
 from bot.config import Settings, SettingsError, get_settings
 from bot.core.content import ContentError, ContentErrors
 
@@ -32,6 +33,7 @@ db_app = typer.Typer(help="The database.", no_args_is_help=True)
 app.add_typer(faq_app, name="faq")
 app.add_typer(db_app, name="db")
 app.add_typer(announce_app, name="announce")
+app.add_typer(survey_app, name="survey")
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")

@@ -45,13 +45,51 @@ class Button:
 
 
 @dataclass(frozen=True)
+class Choice:
+    label: str
+    value: str
+
+
+@dataclass(frozen=True)
+class Select:
+    """A drop-down: pick one of many."""
+
+    placeholder: str
+    action_id: str
+    options: tuple[Choice, ...]
+    selected: str | None = None
+
+
+@dataclass(frozen=True)
+class Checkboxes:
+    """Pick any of a few (at most 10)."""
+
+    action_id: str
+    options: tuple[Choice, ...]
+    selected: tuple[str, ...] = ()
+
+
+Control = Button | Select | Checkboxes
+
+
+@dataclass(frozen=True)
+class Row:
+    """A line of a form: a text (trusted Markdown) and the controls that answer it."""
+
+    text: str
+    controls: tuple[Control, ...] = ()
+
+
+@dataclass(frozen=True)
 class Message:
-    """What the bot says: paragraphs, small print, buttons, and a one-line notification text."""
+    """What the bot says: paragraphs, form rows, small print, buttons, and a one-line
+    notification text."""
 
     parts: tuple[Text, ...]
     context: tuple[str, ...] = ()
     buttons: tuple[Button, ...] = ()
     summary: str = ""
+    rows: tuple[Row, ...] = ()
 
     @property
     def plain(self) -> str:
@@ -64,11 +102,14 @@ def say(
     context: tuple[str, ...] = (),
     buttons: tuple[Button, ...] = (),
     summary: str = "",
+    rows: tuple[Row, ...] = (),
 ) -> Message:
     """Build a Message; plain strings are trusted Markdown."""
     texts = tuple(part if isinstance(part, Text) else Text(part) for part in parts)
     first = next((text.body for text in texts if text.trusted), "")
-    return Message(texts, context=context, buttons=buttons, summary=summary or first[:150])
+    return Message(
+        texts, context=context, buttons=buttons, summary=summary or first[:150], rows=rows
+    )
 
 
 def user_text(body: str) -> Text:

@@ -143,6 +143,7 @@ class AnnouncementSend(SQLModel, table=True):
     report_ts: str = Field(default="", max_length=40)
     reminded_at: datetime | None = None
     reminder_of: int | None = Field(default=None, foreign_key="announcement_send.id")
+    survey_run_id: int | None = Field(default=None, index=True)  # a survey invitation or reminder
 
 
 class Delivery(SQLModel, table=True):
@@ -190,3 +191,69 @@ class SchedulerMark(SQLModel, table=True):
     __tablename__ = "scheduler_mark"
     name: str = Field(primary_key=True, max_length=40)
     at: datetime
+
+
+# --- Surveys ------------------------------------------------------------------------------
+# The participation ledger (who was asked, whether they answered) is kept apart from the
+# answers. For anonymous surveys an answer row holds no user id, DM channel, message ts or
+# timestamp: only a random id and, while the run is open, an HMAC of run and user under a
+# secret that is not in the database (so a person can change their answer). Closing the run
+# erases that key.
+
+
+class SurveyRun(SQLModel, table=True):
+    """One run of a survey: open from `starts_at` until `closes_at`."""
+
+    __tablename__ = "survey_run"
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(max_length=200, unique=True)
+    survey_id: str = Field(max_length=100, index=True)
+    number: int = 1  # 1, 2, 3… per survey
+    anonymity: str = Field(max_length=12)  # frozen when the run starts
+    min_group: int = 5
+    audience: str = Field(sa_column=Column(Text, nullable=False))
+    state: str = Field(default="planned", max_length=10)  # planned | open | closed
+    starts_at: datetime
+    closes_at: datetime
+    reminder_days: str = Field(default="[]", max_length=100)  # JSON list of days after start
+    population: int = 0
+    owner: str = Field(default="", max_length=40)
+    created_by: str = Field(default="", max_length=40)
+    closed_at: datetime | None = None
+    results_sent_at: datetime | None = None
+
+
+class SurveyInvitation(SQLModel, table=True):
+    """The participation ledger: who was asked and whether they answered (never what)."""
+
+    __tablename__ = "survey_invitation"
+    __table_args__ = (UniqueConstraint("run_id", "user_id"),)
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="survey_run.id", index=True)
+    user_id: str = Field(max_length=40)
+    channel: str = Field(default="", max_length=40)
+    ts: str = Field(default="", max_length=40)
+    segments: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))
+    answered: bool = False
+    reminders: int = 0
+
+
+class SurveyResponse(SQLModel, table=True):
+    """One person's answers to one run. Anonymous: no user id, no time, a random id."""
+
+    __tablename__ = "survey_response"
+    __table_args__ = (UniqueConstraint("run_id", "respondent_key"),)
+    id: str = Field(primary_key=True, max_length=32)  # random, so row order reveals nothing
+    run_id: int = Field(foreign_key="survey_run.id", index=True)
+    respondent_key: str | None = Field(default=None, max_length=64)  # HMAC; erased at close
+    user_id: str | None = Field(default=None, max_length=40)  # only for named surveys
+    segments: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))
+    answers: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))
+
+
+class SurveyPause(SQLModel, table=True):
+    """People who paused survey invitations for themselves."""
+
+    __tablename__ = "survey_pause"
+    user_id: str = Field(primary_key=True, max_length=40)
+    until: datetime | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
@@ -22,6 +23,7 @@ from bot.core.announcements.templates import Recipient, TemplateRenderError
 from bot.core.faq.desk import Asker, FaqDesk
 from bot.core.faq.gaps import picks
 from bot.core.messages import Address, Message, Posted
+from bot.core.surveys.runs import SurveyClosed, SurveyDesk
 from bot.metrics import ANSWER_SECONDS, DUPLICATES, EVENTS, QUESTIONS
 from bot.store.models import SlackEvent
 
@@ -44,6 +46,7 @@ def build_app(
     support_channel: str,
     admins: Admins | frozenset[str] = frozenset(),
     announcer: Announcer | None = None,
+    surveys: SurveyDesk | None = None,
 ) -> App:
     """A Bolt app answering DMs, mentions and /ask, with feedback, escalation and App Home."""
     app = App(client=client, signing_secret=signing_secret, token_verification_enabled=False)
@@ -71,6 +74,13 @@ def build_app(
         if event.get("subtype") in IGNORED_SUBTYPES or event.get("bot_id") or not event.get("user"):
             return
         words = str(event.get("text") or "").split()
+        command = " ".join(words).lower()
+        if surveys is not None and event.get("channel_type") == "im" and command in SURVEY_WORDS:
+            EVENTS.labels(kind="survey_pause").inc()
+            user = str(event["user"])
+            reply = surveys.resume(user) if command.startswith("resume") else surveys.pause(user)
+            chat.post(Address(str(event["channel"])), reply)
+            return
         if (
             announcer is not None
             and event.get("channel_type") == "im"
@@ -172,6 +182,81 @@ def build_app(
             notice = desk.save_as_faq(interaction.value, interaction.user_id)
             chat.post(Address(interaction.channel_id, only_for=interaction.user_id), notice)
 
+    @app.action(re.compile(r"^survey\.answer"))
+    def on_survey_answer(ack: Ack, body: dict[str, Any], action: dict[str, Any]) -> None:
+        ack()
+        EVENTS.labels(kind="survey_answer").inc()
+        if surveys is None:
+            return
+        interaction = _interaction(body, action)
+        parsed = _survey_value(body, action)
+        if parsed is None:
+            return
+        run_id, question_id, value = parsed
+        try:
+            copy = surveys.answer(
+                run_id=run_id, user_id=interaction.user_id, question_id=question_id, value=value
+            )
+        except SurveyClosed as exc:
+            chat.post(
+                Address(interaction.channel_id, only_for=interaction.user_id), m.say(str(exc))
+            )
+            return
+        except ValueError:
+            return
+        chat.update(Posted(interaction.channel_id, interaction.message_ts), copy)
+
+    @app.action(re.compile(r"^survey\.comment"))
+    def on_survey_comment(ack: Ack, body: dict[str, Any], action: dict[str, Any]) -> None:
+        ack()
+        if surveys is None:
+            return
+        interaction = _interaction(body, action)
+        run_text, _, question_id = interaction.value.partition("|")
+        question = surveys.question(int(run_text or 0), question_id)
+        if question is None:
+            return
+        current = surveys.answers(int(run_text), interaction.user_id).get(question_id) or ""
+        meta = {
+            "run": int(run_text),
+            "q": question_id,
+            "channel": interaction.channel_id,
+            "ts": interaction.message_ts,
+        }
+        view = comment_modal(question.text, str(current), json.dumps(meta))
+        call(client, "views.open", trigger_id=str(body.get("trigger_id", "")), view=view)
+
+    @app.view("survey.comment_modal")
+    def on_comment_submit(ack: Ack, body: dict[str, Any], view: dict[str, Any]) -> None:
+        if surveys is None:
+            ack()
+            return
+        meta = json.loads(view.get("private_metadata") or "{}")
+        state = ((view.get("state") or {}).get("values") or {}).get("comment") or {}
+        text = str((state.get("text") or {}).get("value") or "")
+        user = str((body.get("user") or {}).get("id", ""))
+        try:
+            copy = surveys.answer(
+                run_id=int(meta.get("run", 0)),
+                user_id=user,
+                question_id=str(meta.get("q", "")),
+                value=text,
+            )
+        except SurveyClosed as exc:
+            ack(response_action="errors", errors={"comment": str(exc)[:150]})
+            return
+        ack()
+        if meta.get("channel") and meta.get("ts"):
+            chat.update(Posted(str(meta["channel"]), str(meta["ts"])), copy)
+
+    @app.action(re.compile(r"^survey\.pause"))
+    def on_survey_pause(ack: Ack, body: dict[str, Any], action: dict[str, Any]) -> None:
+        ack()
+        if surveys is None:
+            return
+        interaction = _interaction(body, action)
+        chat.post(Address(interaction.channel_id), surveys.pause(interaction.user_id))
+
     @app.action(re.compile(r"^announce\.link"))
     def on_link(ack: Ack) -> None:
         ack()  # link buttons open in the browser; Slack still tells us about the click
@@ -208,6 +293,64 @@ def build_app(
         log.exception("unhandled error for a %s request", body.get("type", "?"), exc_info=error)
 
     return app
+
+
+SURVEY_WORDS = {"pause surveys", "resume surveys", "stop surveys", "pause survey"}
+
+
+def comment_modal(label: str, current: str, private_metadata: str) -> dict[str, Any]:
+    """The modal for a free-text survey answer."""
+    element: dict[str, Any] = {
+        "type": "plain_text_input",
+        "action_id": "text",
+        "multiline": True,
+        "max_length": 3000,
+    }
+    if current:
+        element["initial_value"] = current[:3000]
+    return {
+        "type": "modal",
+        "callback_id": "survey.comment_modal",
+        "title": {"type": "plain_text", "text": "Your comment"},
+        "submit": {"type": "plain_text", "text": "Save"},
+        "close": {"type": "plain_text", "text": "Cancel"},
+        "private_metadata": private_metadata,
+        "blocks": [
+            {
+                "type": "input",
+                "block_id": "comment",
+                "optional": True,
+                "label": {"type": "plain_text", "text": label[:2000]},
+                "element": element,
+            }
+        ],
+    }
+
+
+def _survey_value(body: dict[str, Any], action: dict[str, Any]) -> tuple[int, str, Any] | None:
+    """(run id, question id, value) from a button, a select or checkboxes."""
+    if action.get("type") == "checkboxes":
+        chosen = [str(o.get("value", "")) for o in action.get("selected_options") or []]
+        template = chosen[0] if chosen else _first_option(body, str(action.get("action_id", "")))
+        if not template:
+            return None
+        run_text, question_id, _ = template.split("|", 2)
+        return int(run_text), question_id, [value.split("|", 2)[2] for value in chosen]
+    raw = str(action.get("value") or (action.get("selected_option") or {}).get("value") or "")
+    parts = raw.split("|", 2)
+    if len(parts) != 3 or not parts[0].isdigit():
+        return None
+    return int(parts[0]), parts[1], parts[2]
+
+
+def _first_option(body: dict[str, Any], action_id: str) -> str:
+    """An option value of the element `action_id` in the clicked message (to know which run and
+    question an emptied set of checkboxes belongs to)."""
+    for block in (body.get("message") or {}).get("blocks") or []:
+        for element in block.get("elements") or []:
+            if element.get("action_id") == action_id and element.get("options"):
+                return str(element["options"][0].get("value", ""))
+    return ""
 
 
 def preview(announcer: Announcer, template_id: str, user_id: str) -> Message:

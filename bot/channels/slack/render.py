@@ -13,18 +13,23 @@ from slack_sdk.models.blocks import (
     ActionsBlock,
     Block,
     ButtonElement,
+    CheckboxesElement,
     ContextBlock,
+    InteractiveElement,
     MarkdownTextObject,
+    Option,
     SectionBlock,
+    StaticSelectElement,
 )
 
-from bot.core.messages import Message
+from bot.core.messages import Button, Control, Message, Select
 
 SECTION_LIMIT = 3000  # characters of text in one section block
 CONTEXT_LIMIT = 10  # elements in one context block
 ACTIONS_LIMIT = 25  # elements in one actions block
 BLOCKS_LIMIT = 50  # blocks in one message
 BUTTON_TEXT = 75
+OPTION_TEXT = 75  # characters of an option's or placeholder's text
 TEXT_LIMIT = 3000  # of the notification/fallback text we send
 
 # Slack tokens we allow in trusted text: user and channel mentions and links. Never <!…>.
@@ -89,21 +94,25 @@ def to_blocks(message: Message) -> list[Block]:
         body = markdown_to_mrkdwn(part.body) if part.trusted else escape(part.body)
         for piece in split_text(body):
             blocks.append(SectionBlock(text=MarkdownTextObject(text=piece)))
+    for number, row in enumerate(message.rows):
+        if row.text:
+            text = _plain(markdown_to_mrkdwn(row.text), SECTION_LIMIT)
+            blocks.append(SectionBlock(text=MarkdownTextObject(text=text)))
+        controls = [
+            _control(control, f"{number}.{index}")
+            for index, control in enumerate(row.controls[:ACTIONS_LIMIT])
+        ]
+        if controls:
+            blocks.append(ActionsBlock(elements=controls))
     if message.context:
-        elements = [
+        small_print = [
             MarkdownTextObject(text=_plain(markdown_to_mrkdwn(line), SECTION_LIMIT))
             for line in message.context[:CONTEXT_LIMIT]
         ]
-        blocks.append(ContextBlock(elements=elements))
+        blocks.append(ContextBlock(elements=small_print))
     if message.buttons:
         buttons = [
-            ButtonElement(
-                text=_plain(button.label, BUTTON_TEXT),
-                action_id=f"{button.action_id}:{index}",
-                value=button.value[:2000] if not button.url else None,
-                url=button.url,
-                style=button.style,
-            )
+            _control(button, str(index))
             for index, button in enumerate(message.buttons[:ACTIONS_LIMIT])
         ]
         blocks.append(ActionsBlock(elements=buttons))
@@ -116,6 +125,38 @@ def to_blocks(message: Message) -> list[Block]:
     for block in blocks:
         block.validate_json()
     return blocks
+
+
+def _control(control: Control, suffix: str) -> InteractiveElement:
+    """A Block Kit element; the suffix keeps action ids unique within one message."""
+    action_id = f"{control.action_id}:{suffix}"
+    if isinstance(control, Button):
+        return ButtonElement(
+            text=_plain(control.label, BUTTON_TEXT),
+            action_id=action_id,
+            value=control.value[:2000] if not control.url else None,
+            url=control.url,
+            style=control.style,
+        )
+    options = [
+        Option(text=_plain(c.label, OPTION_TEXT), value=c.value[:150]) for c in control.options
+    ]
+    if isinstance(control, Select):
+        chosen = [
+            o for o, c in zip(options, control.options, strict=True) if c.value == control.selected
+        ]
+        return StaticSelectElement(
+            placeholder=_plain(control.placeholder, OPTION_TEXT),
+            action_id=action_id,
+            options=options[:100],
+            initial_option=chosen[0] if chosen else None,
+        )
+    chosen = [
+        o for o, c in zip(options, control.options, strict=True) if c.value in control.selected
+    ]
+    return CheckboxesElement(
+        action_id=action_id, options=options[:10], initial_options=chosen or None
+    )
 
 
 def to_payload(message: Message) -> dict[str, Any]:

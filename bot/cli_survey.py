@@ -1,0 +1,274 @@
+"""`mobilize survey …`: start, close, watch and read pulse surveys."""
+
+from __future__ import annotations
+
+import csv
+import getpass
+import json
+import sys
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import Engine, func
+from sqlmodel import Session, select
+
+from bot.config import get_settings
+from bot.core.announcements.plan import parse_audience
+from bot.core.content import ContentErrors
+from bot.core.surveys.definitions import Survey
+from bot.core.surveys.report import SUPPRESSED, run_results, runs_of, trend_results
+from bot.core.surveys.runner import SurveyRunner
+from bot.store.audit import record
+from bot.store.models import SurveyInvitation, SurveyResponse, SurveyRun
+
+app = typer.Typer(
+    help="Pulse surveys: start, close, status, results, export.", no_args_is_help=True
+)
+console = Console()
+
+
+def _runner() -> SurveyRunner:
+    from bot.channels.slack.chat import SlackChat, make_client
+    from bot.channels.slack.directory import SlackDirectory
+    from bot.store.db import make_engine, upgrade
+
+    settings = get_settings()
+    db = make_engine(settings.database_url)
+    upgrade(db)
+    client = make_client(
+        token=settings.slack_bot_token or "xoxb-unset",
+        base_url=settings.slack_api_url,
+        max_retries=1,
+    )
+    runner = SurveyRunner(
+        db=db,
+        content_dir=settings.content_dir,
+        directory=SlackDirectory(client),
+        chat=SlackChat(client),
+        secret=settings.survey_key(),
+        admins=settings.admin_ids,
+        default_timezone=settings.timezone,
+    )
+    errors = runner.load()
+    if errors:
+        raise ContentErrors(errors)
+    return runner
+
+
+def _survey(runner: SurveyRunner, survey_id: str) -> Survey:
+    survey = runner.surveys.get(survey_id)
+    if survey is None:
+        known = ", ".join(sorted(runner.surveys)) or "none"
+        raise typer.BadParameter(f"no survey {survey_id!r}; known: {known}")
+    return survey
+
+
+def _run(db: Engine, survey_id: str, number: int | None) -> SurveyRun:
+    runs = runs_of(db, survey_id)
+    if not runs:
+        raise typer.BadParameter(f"survey {survey_id!r} has no runs yet")
+    if number is None:
+        return runs[-1]
+    for run in runs:
+        if run.number == number:
+            return run
+    raise typer.BadParameter(f"survey {survey_id!r} has no run {number} (runs 1–{len(runs)})")
+
+
+@app.command("start")
+def start_command(
+    survey_id: Annotated[str, typer.Argument(help="Survey id (file name in messages/surveys/).")],
+    to: Annotated[
+        str, typer.Option("--to", help="Audience: everyone, members:C…, users:U1,U2 …")
+    ] = "everyone",
+    days: Annotated[int, typer.Option(help="Days the run stays open.")] = 5,
+    by: Annotated[
+        str | None, typer.Option("--by", help="Your Slack user id: gets the results.")
+    ] = None,
+) -> None:
+    """Start a run now; the running bot sends the invitations on its next tick."""
+    runner = _runner()
+    _survey(runner, survey_id)
+    try:
+        audience = [parse_audience(part.strip()) for part in to.split(";")]
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    actor = by or f"cli:{getpass.getuser()}"
+    run_id = runner.start_adhoc(survey_id=survey_id, audience=audience, by=actor, open_days=days)
+    record(
+        runner.db, actor=actor, action="survey.start", detail=f"{survey_id} run #{run_id} to {to}"
+    )
+    console.print(f"Started {survey_id} (run id {run_id}, open {days} days, to {to}).")
+
+
+@app.command("close")
+def close_command(
+    survey_id: Annotated[str, typer.Argument(help="Survey id.")],
+    run: Annotated[
+        int | None, typer.Option("--run", help="Run number (default: the latest).")
+    ] = None,
+    by: Annotated[str | None, typer.Option("--by", help="Who (for the audit log).")] = None,
+) -> None:
+    """Close a run now: no more answers; anonymous answers lose their link key; results go out."""
+    runner = _runner()
+    target = _run(runner.db, survey_id, run)
+    assert target.id is not None
+    if not runner.close(target.id):
+        console.print(f"Run {target.number} of {survey_id} is already closed.")
+        return
+    record(
+        runner.db,
+        actor=by or f"cli:{getpass.getuser()}",
+        action="survey.close",
+        detail=f"{survey_id} run {target.number}",
+    )
+    console.print(f"Closed run {target.number} of {survey_id}; results sent to its owner.")
+
+
+@app.command("status")
+def status_command(
+    survey_id: Annotated[str, typer.Argument(help="Survey id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Every run: state, dates, invited, answered (participation only, never answers)."""
+    runner = _runner()
+    _survey(runner, survey_id)
+    rows: list[dict[str, Any]] = []
+    with Session(runner.db) as session:
+        for run in runs_of(runner.db, survey_id):
+            invited = session.exec(
+                select(func.count()).where(SurveyInvitation.run_id == run.id)
+            ).one()
+            answered = session.exec(
+                select(func.count()).where(
+                    SurveyInvitation.run_id == run.id,
+                    SurveyInvitation.answered == True,  # noqa: E712
+                )
+            ).one()
+            rows.append(
+                {
+                    "run": run.number,
+                    "state": run.state,
+                    "anonymity": run.anonymity,
+                    "starts_at": run.starts_at.isoformat(),
+                    "closes_at": run.closes_at.isoformat(),
+                    "invited": int(invited),
+                    "answered": int(answered),
+                }
+            )
+    if as_json:
+        print(json.dumps(rows))
+        return
+    table = Table("run", "state", "opens", "closes", "invited", "answered", "rate")
+    for row in rows:
+        rate = f"{100 * row['answered'] / row['invited']:.0f}%" if row["invited"] else "—"
+        table.add_row(
+            str(row["run"]),
+            row["state"],
+            row["starts_at"][:16],
+            row["closes_at"][:16],
+            str(row["invited"]),
+            str(row["answered"]),
+            rate,
+        )
+    console.print(table if rows else f"{survey_id} has no runs yet.")
+
+
+@app.command("results")
+def results_command(
+    survey_id: Annotated[str, typer.Argument(help="Survey id.")],
+    run: Annotated[
+        int | None, typer.Option("--run", help="Run number (default: the latest).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Per question: responses, rate, distribution, mean / eNPS with a 95% interval; per segment
+    where groups are big enough; the trend against earlier runs; the ADKAR barrier point."""
+    runner = _runner()
+    survey = _survey(runner, survey_id)
+    target = _run(runner.db, survey_id, run)
+    assert target.id is not None
+    report = run_results(db=runner.db, survey=survey, run_id=target.id)
+    earlier = [r.id for r in runs_of(runner.db, survey_id) if r.number <= target.number and r.id]
+    report["trend"] = trend_results(db=runner.db, survey=survey, run_ids=earlier[-2:])
+    if as_json:
+        print(json.dumps(report, default=str))
+        return
+    overall = report["overall"]
+    console.print(
+        f"[bold]{survey.title}[/bold], run {target.number} ({target.state}, {target.anonymity})"
+    )
+    if overall.get(SUPPRESSED):
+        console.print(
+            f"{overall['responses']} responses: fewer than {target.min_group}, nothing is shown."
+        )
+        return
+    console.print(f"{overall['responses']} of {overall['population']} answered.")
+    table = Table("question", "n", "result", "95% interval", "change")
+    for question in survey.questions:
+        summary = overall["questions"][question.id]
+        change = (report["trend"].get(question.id) or [{}])[-1] if report["trend"] else {}
+        flag = ""
+        if change.get("change") is not None:
+            flag = f"{change['change']:+.2f}" + (
+                " (significant)" if change.get("significant") else " (noise)"
+            )
+        if question.kind == "likert":
+            result, interval = f"mean {summary.get('mean', 0):.2f}", summary.get("ci95")
+        elif question.kind == "enps":
+            result, interval = f"eNPS {summary.get('enps', 0):+.0f}", summary.get("ci95")
+        elif question.kind == "text":
+            result, interval = f"{len(summary.get('comments', []))} comments", None
+        else:
+            result, interval = json.dumps(summary.get("distribution", {})), None
+        shown = f"{interval[0]:.2f} – {interval[1]:.2f}" if interval else ""
+        table.add_row(question.text[:60], str(summary.get("n", "")), result, shown, flag)
+    console.print(table)
+    if overall.get("adkar_barrier"):
+        console.print(f"ADKAR barrier point: [bold]{overall['adkar_barrier']}[/bold]")
+    for segment_id, groups in report["segments"].items():
+        for label, group in groups.items():
+            if group.get(SUPPRESSED):
+                console.print(f"{segment_id} = {label}: suppressed (small group)")
+            else:
+                barrier = group.get("adkar_barrier") or "none"
+                console.print(
+                    f"{segment_id} = {label}: {group['responses']} responses, "
+                    f"ADKAR barrier {barrier}"
+                )
+
+
+@app.command("export")
+def export_command(
+    survey_id: Annotated[str, typer.Argument(help="Survey id.")],
+    run: Annotated[
+        int | None, typer.Option("--run", help="Run number (default: the latest).")
+    ] = None,
+) -> None:
+    """Responses as CSV: one row per response, no identities for anonymous surveys. Groups
+    smaller than min_group are left out entirely."""
+    runner = _runner()
+    survey = _survey(runner, survey_id)
+    target = _run(runner.db, survey_id, run)
+    with Session(runner.db) as session:
+        responses = session.exec(
+            select(SurveyResponse).where(SurveyResponse.run_id == target.id)
+        ).all()
+    if len(responses) < target.min_group:
+        console.print(
+            f"Only {len(responses)} responses: fewer than {target.min_group}, nothing to export."
+        )
+        return
+    writer = csv.writer(sys.stdout)
+    named = target.anonymity == "named"
+    writer.writerow((["user"] if named else []) + [q.id for q in survey.questions])
+    # Shuffle-free but order-free: sorted by the random id, never by when people answered.
+    for response in sorted(responses, key=lambda r: r.id):
+        answers = json.loads(response.answers)
+        cells = [
+            ";".join(v) if isinstance(v := answers.get(q.id, ""), list) else str(v)
+            for q in survey.questions
+        ]
+        writer.writerow(([response.user_id or ""] if named else []) + cells)

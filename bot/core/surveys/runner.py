@@ -1,0 +1,328 @@
+"""The survey side of the scheduler: start runs from the plan, invite through the outbox,
+remind only those who have not answered, close runs and send the owner the results."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from bot.core.announcements.audience import AudienceError, Directory, Person, resolve
+from bot.core.content import ContentError, Rollout, load_rollout
+from bot.core.messages import Address, Chat, Message, say
+from bot.core.surveys.definitions import (
+    Survey,
+    SurveySchedule,
+    load_survey_schedules,
+    load_surveys,
+    runs,
+)
+from bot.core.surveys.report import results_message
+from bot.core.surveys.runs import SurveyDesk, close_run, invitation_message, invite, start_run
+from bot.store.models import (
+    AnnouncementSend,
+    Delivery,
+    SchedulerMark,
+    SurveyInvitation,
+    SurveyRun,
+    as_utc,
+)
+
+log = logging.getLogger(__name__)
+MARK = "surveys"
+
+
+class SurveyRunner:
+    """Runs the surveys of one workspace; every step is idempotent, so every process may tick."""
+
+    def __init__(
+        self,
+        *,
+        db: Engine,
+        content_dir: Path,
+        directory: Directory,
+        chat: Chat,
+        secret: bytes,
+        admins: frozenset[str] = frozenset(),
+        grace: timedelta = timedelta(hours=6),
+        default_timezone: str = "",
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.db = db
+        self.content_dir = content_dir
+        self.directory = directory
+        self.chat = chat
+        self.admins = admins
+        self.grace = grace
+        self.default_timezone = default_timezone
+        self.clock = clock
+        self.surveys: dict[str, Survey] = {}
+        self.schedules: list[SurveySchedule] = []
+        self.rollout = Rollout()
+        self.desk = SurveyDesk(db=db, secret=secret, surveys=lambda: self.surveys, clock=clock)
+
+    def load(self) -> list[ContentError]:
+        """Survey files and their schedules; on errors the last good ones stay."""
+        rollout, _errors = load_rollout(self.content_dir, default_timezone=self.default_timezone)
+        surveys, errors = load_surveys(self.content_dir)
+        schedules, schedule_errors = load_survey_schedules(self.content_dir, rollout, surveys)
+        errors += schedule_errors
+        if not errors or not self.surveys:
+            self.surveys, self.schedules, self.rollout = surveys, schedules, rollout
+        return errors
+
+    # --- rendering for the outbox -----------------------------------------------------------
+
+    def render(self, delivery: Delivery, send: AnnouncementSend) -> Message:
+        """An invitation (or reminder) DM: the whole survey, with this person's answers so far."""
+        with Session(self.db) as session:
+            run = session.get(SurveyRun, send.survey_run_id)
+        if run is None or run.id is None:
+            raise KeyError(f"survey run {send.survey_run_id} is gone")
+        survey = self.surveys[run.survey_id]
+        message = invitation_message(survey, run, self.desk.answers(run.id, delivery.recipient))
+        if send.reminder_of:
+            intro = say("*A gentle reminder:* this survey is still open and takes a minute.")
+            return Message(
+                (*intro.parts, *message.parts),
+                message.context,
+                message.buttons,
+                f"Reminder: {message.summary}",
+                message.rows,
+            )
+        return message
+
+    # --- the tick ---------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        now = self.clock()
+        self._plan_runs(now)
+        for run_id in self._due(now, state="planned", field="starts_at"):
+            self.open_run(run_id, now)
+        self._remind(now)
+        for run_id in self._due(now, state="open", field="closes_at"):
+            self.close(run_id)
+
+    def _plan_runs(self, now: datetime) -> None:
+        with Session(self.db) as session:
+            mark = session.get(SchedulerMark, MARK)
+            since = as_utc(mark.at) if mark else now - self.grace
+        start = min(since, now - self.grace)
+        for schedule in self.schedules:
+            survey = self.surveys.get(schedule.survey)
+            if survey is None:
+                continue
+            for occurrence in runs(
+                schedule, self.rollout, start=start, end=now + timedelta(seconds=1)
+            ):
+                if occurrence.closes_utc <= now:
+                    continue  # the whole run passed while we were down: nothing to ask any more
+                start_run(
+                    db=self.db,
+                    survey=survey,
+                    key=occurrence.key,
+                    audience=list(schedule.audience),
+                    starts_at=occurrence.starts_utc,
+                    closes_at=occurrence.closes_utc,
+                    reminder_days=list(schedule.reminder_days),
+                    by="plan",
+                )
+        with Session(self.db) as session:
+            mark = session.get(SchedulerMark, MARK) or SchedulerMark(name=MARK, at=now)
+            mark.at = max(as_utc(mark.at), now)
+            session.add(mark)
+            try:
+                session.commit()
+            except IntegrityError:
+                session.rollback()
+
+    def _due(self, now: datetime, *, state: str, field: str) -> list[int]:
+        column = col(getattr(SurveyRun, field))
+        with Session(self.db) as session:
+            found = session.exec(
+                select(SurveyRun.id).where(SurveyRun.state == state, column <= now)
+            ).all()
+        return [int(run_id or 0) for run_id in found]
+
+    def start_adhoc(
+        self, *, survey_id: str, audience: list[str], by: str, open_days: int = 5
+    ) -> int:
+        """Start a run now (the running bot sends the invitations on its next tick)."""
+        survey = self.surveys.get(survey_id)
+        if survey is None:
+            raise KeyError(survey_id)
+        now = self.clock()
+        run_id = start_run(
+            db=self.db,
+            survey=survey,
+            key=f"{survey_id}@adhoc-{uuid.uuid4().hex[:12]}",
+            audience=audience,
+            starts_at=now,
+            closes_at=now + timedelta(days=open_days),
+            reminder_days=[d for d in (2, 4) if d < open_days],
+            by=by,
+        )
+        assert run_id is not None
+        return run_id
+
+    def open_run(self, run_id: int, now: datetime) -> int:
+        """Resolve the audience, write the participation ledger and queue the invitations."""
+        with Session(self.db) as session:
+            run = session.get(SurveyRun, run_id)
+        if run is None or run.state != "planned":
+            return 0
+        survey = self.surveys.get(run.survey_id)
+        if survey is None:
+            log.error("survey run %s: survey %s is not loaded", run_id, run.survey_id)
+            return 0
+        try:
+            audience = resolve(
+                json.loads(run.audience), self.directory, content_dir=self.content_dir
+            )
+        except AudienceError as exc:
+            log.error("survey run %s: audience failed: %s", run_id, exc)
+            return 0
+        people = {person.id: person for person in audience.people}
+        segments = self._segments(survey, list(people))
+        invited, left_out = invite(
+            db=self.db,
+            run_id=run_id,
+            people=list(people),
+            segments=segments,
+            now=now,
+            min_group=run.min_group,
+        )
+        for user, reason in left_out[:20]:
+            log.info("survey run %s: %s left out (%s)", run_id, user, reason)
+        self._queue(run, [people[user] for user in invited], key=f"survey:{run.key}", now=now)
+        return len(invited)
+
+    def _segments(self, survey: Survey, users: list[str]) -> dict[str, dict[str, str]]:
+        """Each user's segment values (channel or user-group membership)."""
+        found: dict[str, dict[str, str]] = {user: {} for user in users}
+        for segment in survey.segments:
+            if segment.by not in {"channel", "group"}:
+                continue  # profile fields need one users.profile.get per person: not at this scale
+            for label, target in segment.values.items():
+                try:
+                    members = (
+                        self.directory.channel_members(target)
+                        if segment.by == "channel"
+                        else self.directory.group_members(target)
+                    )
+                except AudienceError as exc:
+                    log.warning("segment %s/%s: %s", segment.id, label, exc)
+                    continue
+                for user in members:
+                    if user in found:
+                        found[user].setdefault(segment.id, label)
+        return found
+
+    def _queue(
+        self,
+        run: SurveyRun,
+        people: list[Person],
+        *,
+        key: str,
+        now: datetime,
+        reminder_of: int | None = None,
+    ) -> int | None:
+        """One outbox send for these people: invitations go out under the same rate budget."""
+        if not people:
+            return None
+        send = AnnouncementSend(
+            key=key,
+            template=f"survey:{run.survey_id}",
+            audience=run.audience,
+            state="sending",
+            owner="",
+            created_by="survey",
+            due_at=now,
+            survey_run_id=run.id,
+            reminder_of=reminder_of,
+        )
+        with Session(self.db) as session:
+            session.add(send)
+            try:
+                session.commit()
+            except IntegrityError:
+                session.rollback()
+                return None
+            session.add_all(
+                Delivery(
+                    send_id=int(send.id or 0),
+                    recipient=person.id,
+                    kind="dm",
+                    name=person.name[:200],
+                    first_name=person.first_name[:100],
+                    tz=person.tz or "",
+                    not_before=now,
+                )
+                for person in people
+            )
+            session.commit()
+            return send.id
+
+    def _remind(self, now: datetime) -> None:
+        with Session(self.db) as session:
+            open_runs = session.exec(select(SurveyRun).where(SurveyRun.state == "open")).all()
+        for run in open_runs:
+            days = json.loads(run.reminder_days or "[]")
+            for number, day in enumerate(days, start=1):
+                if as_utc(run.starts_at) + timedelta(days=day) > now:
+                    continue
+                with Session(self.db) as session:
+                    waiting = session.exec(
+                        select(SurveyInvitation).where(
+                            SurveyInvitation.run_id == run.id,
+                            SurveyInvitation.answered == False,  # noqa: E712
+                            SurveyInvitation.reminders < number,
+                        )
+                    ).all()
+                    invitation = session.exec(
+                        select(AnnouncementSend.id).where(
+                            AnnouncementSend.key == f"survey:{run.key}"
+                        )
+                    ).first()
+                people = [Person(w.user_id, "", "", None, None) for w in waiting]
+                queued = self._queue(
+                    run,
+                    people,
+                    key=f"survey:{run.key}:reminder:{number}",
+                    now=now,
+                    reminder_of=invitation,
+                )
+                if queued is not None:
+                    with Session(self.db) as session:
+                        for row in waiting:
+                            row.reminders = number
+                            session.add(row)
+                        session.commit()
+
+    def close(self, run_id: int) -> bool:
+        """Close the run and DM its owner (or the admins) the results."""
+        now = self.clock()
+        if not close_run(db=self.db, run_id=run_id, now=now):
+            return False
+        with Session(self.db) as session:
+            run = session.get(SurveyRun, run_id)
+        assert run is not None
+        survey = self.surveys.get(run.survey_id)
+        if survey is not None:
+            message = results_message(db=self.db, survey=survey, run_id=run_id)
+            for user in [run.owner] if run.owner else sorted(self.admins):
+                self.chat.post(Address(user), message)
+        with Session(self.db) as session:
+            stored = session.get(SurveyRun, run_id)
+            if stored is not None:
+                stored.results_sent_at = now
+                session.add(stored)
+                session.commit()
+        return True
