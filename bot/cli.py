@@ -146,6 +146,7 @@ def check() -> None:
     """Validate messages/ and schedules/; prints file:line: reason and exits non-zero on errors."""
     from bot.core.announcements.announcer import load_announcements
     from bot.core.faq.kb import load_content
+    from bot.core.surveys.definitions import load_survey_schedules, load_surveys
 
     settings = get_settings()
     now = datetime.now(UTC)
@@ -155,12 +156,16 @@ def check() -> None:
     announcements, more = load_announcements(
         settings.content_dir, now=now, default_timezone=settings.timezone
     )
-    if errors or more:
-        raise ContentErrors(errors + more)
+    surveys, survey_errors = load_surveys(settings.content_dir)
+    schedules, schedule_errors = load_survey_schedules(settings.content_dir, rollout, surveys)
+    errors += more + survey_errors + schedule_errors
+    if errors:
+        raise ContentErrors(errors)
     console.print(
         f"OK: {len(kb)} FAQ entries, {len(rollout.milestones)} milestones, "
         f"{len(announcements.plan.announcements)} planned announcements, "
-        f"{len(announcements.templates)} templates in {settings.content_dir.resolve()}"
+        f"{len(announcements.templates)} templates, {len(surveys)} surveys "
+        f"({len(schedules)} scheduled) in {settings.content_dir.resolve()}"
     )
 
 

@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine, case, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, col, select
 
 from bot.core.messages import Message
-from bot.store.models import AnnouncementSend, Delivery, RateBudget, utcnow
+from bot.store.models import AnnouncementSend, Delivery, RateBudget, as_utc, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,13 @@ PERMANENT_ERRORS = frozenset(
 )
 MAX_ATTEMPTS = 6
 LEASE = timedelta(seconds=120)  # far longer than one bounded Web API call with its retries
+# The longest one post may take (the outbox's Web API client: a 15 s timeout, no retries). A
+# post starts only while at least this much of its lease is left, so no other worker can
+# reconcile the row and resend it while the post is in flight; a lease must be this long.
+POST_BOUND = timedelta(seconds=20)
+# The sender's error when a request may have reached Slack but no answer came back (a timeout
+# or a dropped connection): the row stays `sending` and reconcile() checks the conversation.
+IN_DOUBT = "no_response"
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,10 @@ class SendResult:
     @property
     def permanent(self) -> bool:
         return not self.ok and self.error in PERMANENT_ERRORS
+
+
+class SkipDelivery(Exception):
+    """Raised by a renderer when this recipient should not get the message after all."""
 
 
 class Sender(Protocol):
@@ -111,46 +122,61 @@ class Budget:
         self.db = db
         self.clock = clock
 
-    def take(self, name: str, *, rate: float, burst: float) -> float:
-        """Take one token; returns 0 when taken, else the seconds to wait before trying again."""
+    def take(self, name: str, *, rate: float, burst: float, count: int = 1) -> float:
+        """Take `count` tokens (all or none, at most `burst`); returns 0 when taken, else the
+        seconds to wait before trying again.
+
+        One conditional UPDATE computes the refill and takes the token, so it is atomic on
+        every database: a read-then-write lets two workers on SQLite (where FOR UPDATE does
+        nothing) take the same token, and the bucket then hands out more than `rate`."""
         now = self.clock()
+        count = max(1, min(count, int(burst)))
+        refilled = RateBudget.tokens + (now - col(RateBudget.updated)) * rate
+        level = case((refilled > burst, burst), else_=refilled)
+        with self.db.begin() as connection:
+            taken = connection.execute(
+                update(RateBudget)
+                .where(
+                    col(RateBudget.name) == name,
+                    col(RateBudget.paused_until) <= now,
+                    level >= count,
+                )
+                .values(tokens=level - count, updated=now)
+            )
+        if taken.rowcount == 1:
+            return 0.0
         with Session(self.db) as session:
-            row = session.exec(
-                select(RateBudget).where(RateBudget.name == name).with_for_update()
-            ).first()
+            row = session.get(RateBudget, name)
             if row is None:
                 try:
                     session.add(RateBudget(name=name, tokens=burst, updated=now))
                     session.commit()
                 except IntegrityError:
                     session.rollback()
-                return self.take(name, rate=rate, burst=burst)
+                return self.take(name, rate=rate, burst=burst, count=count)
             if row.paused_until > now:
-                wait = row.paused_until - now
-                session.rollback()
-                return wait
+                return row.paused_until - now
             tokens = min(burst, row.tokens + (now - row.updated) * rate)
-            if tokens < 1.0:
-                session.rollback()
-                return (1.0 - tokens) / rate
-            row.tokens, row.updated = tokens - 1.0, now
-            session.add(row)
-            session.commit()
-            return 0.0
+            return max(0.001, (count - tokens) / rate)
 
     def pause(self, name: str, seconds: float) -> None:
-        """Hold every worker on this bucket for `seconds` (a Retry-After)."""
+        """Hold every worker on this bucket for `seconds` (a Retry-After). The bucket is empty
+        when the pause ends and refills from then on: no burst straight after a 429."""
         until = self.clock() + seconds
+        later = case((col(RateBudget.paused_until) > until, RateBudget.paused_until), else_=until)
         with Session(self.db) as session:
-            row = session.exec(
-                select(RateBudget).where(RateBudget.name == name).with_for_update()
-            ).first()
-            if row is None:
-                row = RateBudget(name=name, tokens=0.0, updated=self.clock())
-            row.paused_until = max(row.paused_until, until)
-            row.tokens = 0.0
-            session.add(row)
-            session.commit()
+            paused = session.execute(
+                update(RateBudget)
+                .where(col(RateBudget.name) == name)
+                .values(paused_until=later, updated=later, tokens=0.0)
+            )
+            if paused.rowcount == 0:  # type: ignore[attr-defined]
+                session.add(RateBudget(name=name, tokens=0.0, updated=until, paused_until=until))
+            try:
+                session.commit()
+            except IntegrityError:  # created meanwhile: pause that one
+                session.rollback()
+                self.pause(name, seconds)
 
 
 Renderer = Callable[[Delivery, AnnouncementSend], Message]
@@ -169,6 +195,7 @@ class Outbox:
         limits: Limits = Limits(),
         clock: Callable[[], datetime] = utcnow,
         sleep: Callable[[float], None] = time.sleep,
+        lease: timedelta = LEASE,
     ) -> None:
         self.db = db
         self.sender = sender
@@ -176,66 +203,99 @@ class Outbox:
         self.limits = limits
         self.clock = clock
         self.sleep = sleep
+        self.lease = lease  # must outlast one post (the outbox client: 15 s, no retries)
         self.budget = Budget(db)
         self._channel_last: dict[str, float] = {}
         self._channel_lock = threading.Lock()
+        # One thread per process and bucket asks the database for tokens; the others queue.
+        self._budget_locks = {"posts": threading.RLock(), "edits": threading.RLock()}
+        self._held: dict[str, tuple[int, float]] = {}  # bucket -> (tokens taken, unused; until)
 
     # --- claiming ---------------------------------------------------------------------
 
     def claim(self, *, limit: int = 10) -> list[int]:
-        """Lease up to `limit` due pending rows; returns their ids."""
+        """Lease up to `limit` due pending rows; returns their ids.
+
+        One statement, UPDATE … WHERE id IN (the oldest due rows) … RETURNING: atomic on
+        SQLite (one writer at a time); on PostgreSQL `FOR UPDATE SKIP LOCKED` lets concurrent
+        workers take different rows. `state = 'pending'` is checked again either way."""
         now = self.clock()
-        with Session(self.db) as session:
-            candidates = session.exec(
-                select(Delivery.id)
-                .where(Delivery.state == "pending", Delivery.not_before <= now)
-                .order_by(col(Delivery.not_before), col(Delivery.id))
-                .limit(limit)
-                .with_for_update(skip_locked=True)
-            ).all()
-            claimed: list[int] = []
-            for delivery_id in candidates:
-                # Conditional: on SQLite, where FOR UPDATE does nothing, two workers may see
-                # the same row; only one update finds it still pending.
-                result = session.execute(
-                    update(Delivery)
-                    .where(col(Delivery.id) == delivery_id, col(Delivery.state) == "pending")
-                    .values(
-                        state="sending",
-                        lease_until=now + LEASE,
-                        claimed_at=now,
-                        attempts=Delivery.attempts + 1,
-                        updated_at=now,
-                    )
+        due = (
+            select(Delivery.id)
+            .where(col(Delivery.state) == "pending", col(Delivery.not_before) <= now)
+            .order_by(col(Delivery.not_before), col(Delivery.id))
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+            # A CTE: PostgreSQL may rerun a plain `IN (subquery)` per row, and a LIMIT …
+            # SKIP LOCKED subquery rerun that way takes far more than `limit` rows.
+            .cte("due")
+        )
+        with self.db.begin() as connection:
+            rows = connection.execute(
+                update(Delivery)
+                .where(col(Delivery.id).in_(select(due.c.id)), col(Delivery.state) == "pending")
+                .values(
+                    state="sending",
+                    lease_until=now + self.lease,
+                    claimed_at=now,
+                    attempts=Delivery.attempts + 1,
+                    updated_at=now,
                 )
-                if result.rowcount == 1:  # type: ignore[attr-defined]
-                    claimed.append(int(delivery_id or 0))
-            session.commit()
-        return claimed
+                .returning(col(Delivery.id), col(Delivery.not_before))
+            ).all()
+        return [int(row[0] or 0) for row in sorted(rows, key=lambda row: (row[1], row[0] or 0))]
 
     # --- sending ----------------------------------------------------------------------
 
     def deliver(self, delivery_id: int) -> str:
         """Send one claimed row; returns its new state."""
         with Session(self.db) as session:
-            delivery = session.get(Delivery, delivery_id)
-            send = session.get(AnnouncementSend, delivery.send_id) if delivery else None
-        if delivery is None or send is None or delivery.state != "sending":
+            found = session.exec(
+                select(Delivery, AnnouncementSend)
+                .join(AnnouncementSend, col(AnnouncementSend.id) == col(Delivery.send_id))
+                .where(col(Delivery.id) == delivery_id)
+            ).first()
+        if found is None or found[0].state != "sending":
             return "gone"
+        delivery, send = found
         if send.state == "cancelled":
             return self._finish(delivery_id, state="cancelled", error="cancelled")
         try:
             message = self.render(delivery, send)
+        except SkipDelivery as skip:  # e.g. a survey reminder to someone who has since answered
+            return self._finish(delivery_id, state="skipped", error=str(skip)[:100])
         except Exception as exc:  # a template that fails for this person: fail the row, say why
             log.error("rendering delivery %s failed: %s", delivery_id, exc)
             return self._finish(delivery_id, state="failed", error="template_error")
         self._wait_for_budget("posts", self.limits.posts_per_second, self.limits.burst)
         if delivery.kind == "channel":
             self._pace_channel(delivery.recipient)
+        if not self._renew_lease(delivery):
+            return "gone"  # the lease ran out while waiting and another worker took the row
         result = self.sender.post(
             recipient=delivery.recipient, message=message, delivery_id=delivery_id
         )
         return self._settle(delivery, result)
+
+    def _renew_lease(self, delivery: Delivery) -> bool:
+        """Make sure this worker's lease outlasts the post it is about to make: renew it when
+        less than POST_BOUND is left (a long wait for the budget); False when the row is no
+        longer the one it claimed (reconciled or claimed again after the lease ran out)."""
+        if delivery.lease_until and as_utc(delivery.lease_until) - self.clock() >= POST_BOUND:
+            return True  # nobody can take the row over before this post is done
+        with Session(self.db) as session:
+            result = session.execute(
+                update(Delivery)
+                .where(
+                    col(Delivery.id) == delivery.id,
+                    col(Delivery.state) == "sending",
+                    col(Delivery.attempts) == delivery.attempts,
+                    col(Delivery.lease_until) == delivery.lease_until,
+                )
+                .values(lease_until=self.clock() + self.lease)
+            )
+            session.commit()
+        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
     def _settle(self, delivery: Delivery, result: SendResult) -> str:
         assert delivery.id is not None
@@ -243,9 +303,15 @@ class Outbox:
             return self._finish(delivery.id, state="sent", channel=result.channel, ts=result.ts)
         if result.retry_after is not None:
             self.budget.pause("posts", result.retry_after)
+            self._held.pop("posts", None)  # this process's unused tokens wait too
             return self._retry(delivery, result.error or "ratelimited", count_attempt=False)
         if result.permanent:
             return self._finish(delivery.id, state="failed", error=result.error)
+        if result.error == IN_DOUBT:
+            # Slack may have posted it: resending now could duplicate. The row stays `sending`;
+            # once its lease runs out, reconcile() looks in the conversation first.
+            log.warning("delivery %s: no answer from Slack; check before resending", delivery.id)
+            return "sending"
         return self._retry(delivery, result.error)
 
     def _retry(self, delivery: Delivery, error: str, *, count_attempt: bool = True) -> str:
@@ -283,19 +349,29 @@ class Outbox:
             values["channel"] = channel
         if ts:
             values["ts"] = ts
-        with Session(self.db) as session:
-            session.execute(
+        with self.db.begin() as connection:
+            connection.execute(
                 update(Delivery).where(col(Delivery.id) == delivery_id).values(**values)
             )
-            session.commit()
         return state
 
     def _wait_for_budget(self, name: str, rate: float, burst: float) -> None:
-        while True:
-            wait = self.budget.take(name, rate=rate, burst=burst)
-            if wait <= 0:
+        """Take a token from the shared bucket. The lock is held while sleeping: the other
+        workers of this process wait here instead of all polling the bucket (each poll is a
+        write transaction). Above 40/s the tokens come a twentieth of a second's worth at a
+        time and the rest are used by the next workers; unused, they lapse after that time."""
+        with self._budget_locks.setdefault(name, threading.RLock()):
+            held, until = self._held.get(name, (0, 0.0))
+            if held > 0 and self.budget.clock() < until:
+                self._held[name] = (held - 1, until)
                 return
-            self.sleep(min(wait, 5.0))
+            count = max(1, min(int(burst), int(rate / 20)))
+            while True:
+                wait = self.budget.take(name, rate=rate, burst=burst, count=count)
+                if wait <= 0:
+                    self._held[name] = (count - 1, self.budget.clock() + count / rate)
+                    return
+                self.sleep(min(wait, 5.0))
 
     def _pace_channel(self, channel: str) -> None:
         """At most one message per second into one channel (Slack's per-channel limit)."""
@@ -312,7 +388,8 @@ class Outbox:
         """Settle rows whose lease expired while `sending`: sent if the recipient's
         conversation holds the message, else pending again. Returns how many were settled."""
         now = self.clock()
-        with Session(self.db) as session:
+        # The rows are read after the commit below: keep their attributes loaded.
+        with Session(self.db, expire_on_commit=False) as session:
             doubtful = session.exec(
                 select(Delivery)
                 .where(Delivery.state == "sending", col(Delivery.lease_until) < now)
@@ -329,7 +406,7 @@ class Outbox:
                         col(Delivery.state) == "sending",
                         col(Delivery.lease_until) == row.lease_until,
                     )
-                    .values(lease_until=now + LEASE, updated_at=now)
+                    .values(lease_until=now + self.lease, updated_at=now)
                 )
                 if result.rowcount == 1:  # type: ignore[attr-defined]
                     taken.append(row)
@@ -337,7 +414,8 @@ class Outbox:
         settled = 0
         for row in taken:
             assert row.id is not None
-            since = (row.claimed_at or now) - timedelta(minutes=5)
+            # as_utc: SQLite gives naive datetimes, which .timestamp() would take as local time
+            since = as_utc(row.claimed_at or now) - timedelta(minutes=5)
             found = self.sender.find(
                 recipient=row.recipient, channel=row.channel, delivery_id=row.id, since=since
             )
@@ -379,6 +457,8 @@ class Outbox:
                 .where(
                     col(Delivery.op).in_(["update", "delete"]),
                     col(Delivery.op_not_before) <= now,
+                    # A copy still in flight is edited once its post is recorded.
+                    col(Delivery.state) == "sent",
                 )
                 .order_by(col(Delivery.id))
                 .limit(limit)
@@ -389,7 +469,7 @@ class Outbox:
                 result = session.execute(
                     update(Delivery)
                     .where(col(Delivery.id) == delivery_id, col(Delivery.op_not_before) <= now)
-                    .values(op_not_before=now + LEASE)
+                    .values(op_not_before=now + self.lease)
                 )
                 if result.rowcount == 1:  # type: ignore[attr-defined]
                     claimed.append(int(delivery_id or 0))

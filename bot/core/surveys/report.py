@@ -12,8 +12,8 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
+import bot.core.surveys.results as results
 from bot.core.messages import Message, say
-from bot.core.surveys import results
 from bot.core.surveys.definitions import ADKAR, Question, Survey
 from bot.store.models import SurveyInvitation, SurveyResponse, SurveyRun
 
@@ -106,8 +106,11 @@ def trend_results(*, db: Engine, survey: Survey, run_ids: Sequence[int]) -> dict
     raw: list[list[dict[str, Any]]] = []
     with Session(db) as session:
         for run_id in run_ids:
+            run = session.get(SurveyRun, run_id)
             rows = session.exec(select(SurveyResponse).where(SurveyResponse.run_id == run_id)).all()
-            raw.append([json.loads(r.answers) for r in rows])
+            # A run below min_group shows nothing, so it takes no part in a trend either.
+            small = run is None or len(rows) < run.min_group
+            raw.append([] if small else [json.loads(r.answers) for r in rows])
     changes: dict[str, list[dict[str, Any]]] = {}
     for question in survey.questions:
         if question.kind not in {"likert", "enps"}:
@@ -116,7 +119,7 @@ def trend_results(*, db: Engine, survey: Survey, run_ids: Sequence[int]) -> dict
         for before, after in pairwise(raw):
             a = [int(x[question.id]) for x in before if question.id in x]
             b = [int(x[question.id]) for x in after if question.id in x]
-            if len(a) < 2 or len(b) < 2:
+            if len(a) < 2 or len(b) < 2:  # too few (or suppressed) to compare
                 series.append({"change": None, "significant": False})
                 continue
             series.append(results.trend(a, b, kind=question.kind))

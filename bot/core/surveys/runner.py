@@ -16,12 +16,15 @@ from sqlmodel import Session, col, select
 
 from bot.core.announcements.audience import AudienceError, Directory, Person, resolve
 from bot.core.content import ContentError, Rollout, load_rollout
+from bot.core.delivery import SkipDelivery
 from bot.core.messages import Address, Chat, Message, say
 from bot.core.surveys.definitions import (
+    RecipientTimes,
     Survey,
     SurveySchedule,
     load_survey_schedules,
     load_surveys,
+    recipient_times,
     runs,
 )
 from bot.core.surveys.report import results_message
@@ -87,8 +90,13 @@ class SurveyRunner:
         if run is None or run.id is None:
             raise KeyError(f"survey run {send.survey_run_id} is gone")
         survey = self.surveys[run.survey_id]
-        message = invitation_message(survey, run, self.desk.answers(run.id, delivery.recipient))
+        if run.state != "open":
+            raise SkipDelivery("run closed")
+        answers = self.desk.answers(run.id, delivery.recipient)
+        message = invitation_message(survey, run, answers)
         if send.reminder_of:
+            if self._answered(run.id, delivery.recipient):
+                raise SkipDelivery("already answered")
             intro = say("*A gentle reminder:* this survey is still open and takes a minute.")
             return Message(
                 (*intro.parts, *message.parts),
@@ -98,6 +106,38 @@ class SurveyRunner:
                 message.rows,
             )
         return message
+
+    def _answered(self, run_id: int, user_id: str) -> bool:
+        with Session(self.db) as session:
+            invitation = session.exec(
+                select(SurveyInvitation).where(
+                    SurveyInvitation.run_id == run_id, SurveyInvitation.user_id == user_id
+                )
+            ).first()
+        return bool(invitation and invitation.answered)
+
+    def _times(self, run: SurveyRun) -> Callable[[str | None], RecipientTimes] | None:
+        """Per-recipient times for a planned run with local_time; None when everyone shares
+        the run's own times."""
+        schedule = next(
+            (s for s in self.schedules if s.survey == run.survey_id and s.local_time), None
+        )
+        if schedule is None:
+            return None
+        starts = as_utc(run.starts_at)
+        found = [
+            occurrence
+            for occurrence in runs(
+                schedule,
+                self.rollout,
+                start=starts - timedelta(seconds=1),
+                end=starts + timedelta(seconds=1),
+            )
+            if occurrence.key == run.key
+        ]
+        if not found:
+            return None
+        return lambda tz: recipient_times(schedule, found[0], tz=tz, rollout=self.rollout)
 
     # --- the tick ---------------------------------------------------------------------------
 
@@ -201,7 +241,14 @@ class SurveyRunner:
         )
         for user, reason in left_out[:20]:
             log.info("survey run %s: %s left out (%s)", run_id, user, reason)
-        self._queue(run, [people[user] for user in invited], key=f"survey:{run.key}", now=now)
+        times = self._times(run)
+        self._queue(
+            run,
+            [people[user] for user in invited],
+            key=f"survey:{run.key}",
+            now=now,
+            when=(lambda person: times(person.tz).invite_utc) if times else None,
+        )
         return len(invited)
 
     def _segments(self, survey: Survey, users: list[str]) -> dict[str, dict[str, str]]:
@@ -233,6 +280,7 @@ class SurveyRunner:
         key: str,
         now: datetime,
         reminder_of: int | None = None,
+        when: Callable[[Person], datetime] | None = None,
     ) -> int | None:
         """One outbox send for these people: invitations go out under the same rate budget."""
         if not people:
@@ -263,7 +311,7 @@ class SurveyRunner:
                     name=person.name[:200],
                     first_name=person.first_name[:100],
                     tz=person.tz or "",
-                    not_before=now,
+                    not_before=when(person) if when else now,
                 )
                 for person in people
             )
@@ -271,6 +319,8 @@ class SurveyRunner:
             return send.id
 
     def _remind(self, now: datetime) -> None:
+        """Reminder N goes `reminders[N]` days after the start, only to those who have not
+        answered (checked again when each is sent), each at most once."""
         with Session(self.db) as session:
             open_runs = session.exec(select(SurveyRun).where(SurveyRun.state == "open")).all()
         for run in open_runs:
@@ -291,13 +341,24 @@ class SurveyRunner:
                             AnnouncementSend.key == f"survey:{run.key}"
                         )
                     ).first()
-                people = [Person(w.user_id, "", "", None, None) for w in waiting]
+                    zones = dict(
+                        session.exec(
+                            select(Delivery.recipient, Delivery.tz).where(
+                                Delivery.send_id == invitation
+                            )
+                        ).all()
+                    )
+                people = [
+                    Person(w.user_id, "", "", zones.get(w.user_id) or None, None) for w in waiting
+                ]
+                times = self._times(run)
                 queued = self._queue(
                     run,
                     people,
                     key=f"survey:{run.key}:reminder:{number}",
                     now=now,
                     reminder_of=invitation,
+                    when=_nth_reminder(times, number) if times else None,
                 )
                 if queued is not None:
                     with Session(self.db) as session:
@@ -326,3 +387,9 @@ class SurveyRunner:
                 session.add(stored)
                 session.commit()
         return True
+
+
+def _nth_reminder(
+    times: Callable[[str | None], RecipientTimes], number: int
+) -> Callable[[Person], datetime]:
+    return lambda person: times(person.tz).reminders_utc[number - 1]
