@@ -45,7 +45,6 @@ class FaqEngine:
         content_dir: Path,
         embedder: Embedder | None,
         db: Engine | None = None,
-        on_errors: Callable[[list[ContentError]], None] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         default_timezone: str = "",
     ) -> None:
@@ -53,7 +52,6 @@ class FaqEngine:
         self.content_dir = content_dir
         self.embedder = embedder
         self.db = db
-        self.on_errors = on_errors
         self.clock = clock
         self._lock = threading.Lock()
         self._state: FaqState | None = None
@@ -67,7 +65,7 @@ class FaqEngine:
 
     def load(self) -> list[ContentError]:
         """(Re)load content. The first load raises ContentErrors on bad content; later loads keep
-        the last good state, report through `on_errors` and return the errors."""
+        the last good state and return the errors (the caller reports them)."""
         now = self.clock()
         rollout, kb, errors = load_content(
             self.content_dir, now=now, default_timezone=self.default_timezone
@@ -80,8 +78,6 @@ class FaqEngine:
             )
             for error in errors:
                 log.warning("%s", error)
-            if self.on_errors:
-                self.on_errors(errors)
             return errors
         state = self._build(rollout, kb, now)
         with self._lock:
