@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export OPENBLAS_NUM_THREADS := 1
 
-.PHONY: install demo run test lint bench bench-faq clean
+.PHONY: install demo run test lint bench bench-faq bench-delivery bench-surveys clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,10 +32,19 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/pytest
 
-bench: bench-faq
+bench: bench-faq bench-delivery bench-surveys
 
 bench-faq: $(STAMP)
 	$(BIN)/python benchmarks/faq_matching.py --dataset all --kb all
+
+bench-delivery: $(STAMP)
+	$(BIN)/python benchmarks/audience_resolution.py
+	$(BIN)/python benchmarks/delivery_fanout.py
+	$(BIN)/python benchmarks/delivery_crash.py
+
+bench-surveys: $(STAMP)
+	$(BIN)/python benchmarks/survey_clicks.py
+	$(BIN)/python benchmarks/survey_results.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache mobilize.db*

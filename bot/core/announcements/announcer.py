@@ -27,8 +27,8 @@ from bot.core.announcements.templates import (
     render,
 )
 from bot.core.content import ContentError, Rollout, load_rollout
-from bot.core.delivery import Limits, Outbox, Sender, counts
-from bot.core.messages import Address, Chat, Message, Posted, say
+from bot.core.delivery import LEASE, Limits, Outbox, Sender, counts
+from bot.core.messages import ANNOUNCE_ACK, Address, Chat, Message, Posted, say
 from bot.store.models import AnnouncementSend, Delivery, as_utc
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,7 @@ class Announcer:
         grace: timedelta = timedelta(hours=6),
         default_timezone: str = "",
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        lease: timedelta = LEASE,
     ) -> None:
         self.db = db
         self.content_dir = content_dir
@@ -100,10 +101,17 @@ class Announcer:
         self.default_timezone = default_timezone
         self.clock = clock
         self.outbox = Outbox(
-            db=db, sender=sender, render=self.render_delivery, limits=limits, clock=clock
+            db=db,
+            sender=sender,
+            render=self.render_delivery,
+            limits=limits,
+            clock=clock,
+            lease=lease,
         )
         self._content: AnnouncementContent | None = None
         self._tick_lock = threading.Lock()
+        # Survey invitations go through the same outbox; their renderer is plugged in here.
+        self.survey_render: Callable[[Delivery, AnnouncementSend], Message] | None = None
 
     # --- content ------------------------------------------------------------------------
 
@@ -127,6 +135,10 @@ class Announcer:
     # --- rendering ----------------------------------------------------------------------
 
     def render_delivery(self, delivery: Delivery, send: AnnouncementSend) -> Message:
+        if send.survey_run_id is not None:
+            if self.survey_render is None:
+                raise KeyError("surveys are not running in this process")
+            return self.survey_render(delivery, send)
         content = self.content
         template = content.templates.get(send.template)
         if template is None:
@@ -146,6 +158,10 @@ class Announcer:
             ack_value=str(root) if template.ack and delivery.kind == "dm" else "",
             acknowledged=delivery.acked_at is not None,
         )
+        if delivery.kind == "channel" and template.ack:
+            # A click in a channel cannot say whose acknowledgement it is: only DMs ask.
+            kept = tuple(b for b in message.buttons if b.action_id != ANNOUNCE_ACK)
+            message = Message(message.parts, message.context, kept, message.summary)
         if send.reminder_of:
             message = Message(
                 (

@@ -258,13 +258,25 @@ def write_deliveries(
         for start in range(0, len(rows), 1000):
             session.add_all(rows[start : start + 1000])
             session.flush()
-        send_row = session.get(AnnouncementSend, send.id)
-        assert send_row is not None
-        send_row.state = "sending"
-        send_row.lease_until = None
-        send_row.excluded = json.dumps([[e.who, e.reason] for e in audience.excluded])
-        send_row.error = ""
-        session.add(send_row)
+        # Conditional: a send cancelled (or recalled) while its audience was being resolved
+        # stays cancelled, and its rows are not written.
+        moved = session.execute(
+            update(AnnouncementSend)
+            .where(
+                col(AnnouncementSend.id) == send.id,
+                col(AnnouncementSend.state) == "resolving",
+            )
+            .values(
+                state="sending",
+                lease_until=None,
+                excluded=json.dumps([[e.who, e.reason] for e in audience.excluded]),
+                error="",
+            )
+        )
+        if moved.rowcount != 1:  # type: ignore[attr-defined]
+            session.rollback()
+            log.info("announcement send %s was stopped while resolving its audience", send.id)
+            return 0
         session.commit()
     log.info("announcement send %s: %s", send.id, audience.summary())
     return len(rows)
@@ -316,7 +328,8 @@ def acknowledge(*, db: Engine, delivery_id: int, user_id: str, now: datetime) ->
 
 
 def request_edit(*, db: Engine, send_id: int, op: str, now: datetime) -> int:
-    """Queue an update or delete of every sent copy; returns how many copies."""
+    """Queue an update or delete of every sent copy; returns how many copies. A delete (a
+    recall) also cancels what has not gone yet, and the send itself if it is not resolved."""
     with Session(db) as session:
         result = session.execute(
             update(Delivery)
@@ -328,6 +341,20 @@ def request_edit(*, db: Engine, send_id: int, op: str, now: datetime) -> int:
                 update(Delivery)
                 .where(col(Delivery.send_id) == send_id, col(Delivery.state).in_(["pending"]))
                 .values(state="cancelled", error="recalled")
+            )
+            # In flight now: the workers delete these copies once their post is recorded.
+            session.execute(
+                update(Delivery)
+                .where(col(Delivery.send_id) == send_id, col(Delivery.state) == "sending")
+                .values(op=op, op_not_before=now)
+            )
+            session.execute(
+                update(AnnouncementSend)
+                .where(
+                    col(AnnouncementSend.id) == send_id,
+                    col(AnnouncementSend.state).in_(["planned", "resolving"]),
+                )
+                .values(state="cancelled")
             )
         session.commit()
         return int(result.rowcount or 0)  # type: ignore[attr-defined]
