@@ -23,7 +23,12 @@ from bot.core.announcements import sends
 from bot.core.announcements.announcer import Announcer
 from bot.core.announcements.audience import AudienceError, resolve
 from bot.core.announcements.plan import occurrences, parse_audience
-from bot.core.announcements.templates import SAMPLE_USER, Recipient, preview_blocks_url
+from bot.core.announcements.templates import (
+    SAMPLE_USER,
+    Recipient,
+    TemplateRenderError,
+    preview_blocks_url,
+)
 from bot.core.content import ContentError, ContentErrors
 from bot.store.audit import record
 from bot.store.models import AnnouncementSend, Delivery
@@ -132,6 +137,10 @@ def preview_command(
     except KeyError:
         known = ", ".join(sorted(announcer.content.templates))
         raise typer.BadParameter(f"no template {template!r}; known: {known}") from None
+    except TemplateRenderError as exc:
+        raise typer.BadParameter(
+            f"{template} does not render for {recipient.id}: {exc.reason}"
+        ) from None
     for part in message.parts:
         console.print(Markdown(part.body))
     for line in message.context:

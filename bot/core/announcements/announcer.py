@@ -110,6 +110,7 @@ class Announcer:
         )
         self._content: AnnouncementContent | None = None
         self._tick_lock = threading.Lock()
+        self._reported: dict[int, str] = {}  # the report text last shown, by send
         # Survey invitations go through the same outbox; their renderer is plugged in here.
         self.survey_render: Callable[[Delivery, AnnouncementSend], Message] | None = None
 
@@ -311,9 +312,11 @@ class Announcer:
             ).all()
         for send in rows:
             assert send.id is not None
-            self.chat.update(
-                Posted(send.report_channel, send.report_ts), self.report_message(send.id)
-            )
+            message = self.report_message(send.id)
+            if self._reported.get(send.id) == message.plain:
+                continue  # nothing changed since this process last edited it
+            self._reported[send.id] = message.plain
+            self.chat.update(Posted(send.report_channel, send.report_ts), message)
 
     def _tell_admins_missed(self, send_id: int) -> None:
         with Session(self.db) as session:

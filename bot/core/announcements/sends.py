@@ -432,22 +432,35 @@ def create_reminder(
             due_at=now,
             reminder_of=parent.id,
         )
+        # One transaction: a crash leaves either the reminder with all its rows, or nothing
+        # (and the parent unreminded, so the next tick tries again).
         with Session(db) as session:
-            stored = _store_send(session, child)
-            if stored is not None and stored.id is not None:
-                child_id = stored.id
-                session.add_all(
-                    Delivery(
-                        send_id=stored.id,
-                        recipient=row.recipient,
-                        kind="dm",
-                        name=row.name,
-                        first_name=row.first_name,
-                        tz=row.tz,
-                        not_before=now,
-                    )
-                    for row in people
+            session.add(child)
+            try:
+                session.flush()
+            except IntegrityError:
+                session.rollback()
+                return None
+            assert child.id is not None
+            child_id = child.id
+            session.add_all(
+                Delivery(
+                    send_id=child.id,
+                    recipient=row.recipient,
+                    kind="dm",
+                    name=row.name,
+                    first_name=row.first_name,
+                    tz=row.tz,
+                    not_before=now,
                 )
-                session.commit()
+                for row in people
+            )
+            session.execute(
+                update(AnnouncementSend)
+                .where(col(AnnouncementSend.id) == parent.id)
+                .values(reminded_at=now)
+            )
+            session.commit()
+        return child_id
     _set_send(db, parent.id, reminded_at=now)
     return child_id
