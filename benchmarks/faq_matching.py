@@ -2,7 +2,7 @@
 
 Usage:
     python benchmarks/faq_matching.py [--dataset banking77|hwu64|all] [--kb 10shot|full|all]
-                                      [--json] [--lexical] [--threads N] [--data DIR]
+                                      [--json] [--lexical] [--oos N] [--threads N] [--data DIR]
     python benchmarks/faq_matching.py --fit     # re-derive the matcher's signal weights
 
 Data: shared/data/faq-benchmarks/ beside the repository (see its README.md): QnA Maker TSV
@@ -30,30 +30,30 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import argparse  # noqa: E402
-import csv  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import re  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Mapping, Sequence  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import csv
+import json
+import logging
+import re
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
-import numpy as np  # noqa: E402
-import numpy.typing as npt  # noqa: E402
+import numpy as np
+import numpy.typing as npt
 
-from bot.core.faq import matcher as matcher_module  # noqa: E402
-from bot.core.faq.embed import (  # noqa: E402
+from bot.core.faq import matcher as matcher_module
+from bot.core.faq.embed import (
     DEFAULT_MODEL,
     CachedEmbedder,
     Embedder,
     load_embedder,
 )
-from bot.core.faq.evaluate import EvalCase, evaluate  # noqa: E402
-from bot.core.faq.matcher import Matcher  # noqa: E402
-from bot.core.faq.policy import calibrate  # noqa: E402
+from bot.core.faq.evaluate import EvalCase, evaluate
+from bot.core.faq.matcher import Matcher
+from bot.core.faq.policy import calibrate
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "faq-benchmarks"
@@ -67,6 +67,7 @@ COLUMNS = (
     "answer_rate",
     "answer_precision",
     "suggest_hit",
+    "oos_rejection",
     "p50_ms",
     "p99_ms",
 )
@@ -146,10 +147,16 @@ class NpzEmbeddingCache:
 
 
 def run_one(
-    data: Path, dataset: str, kb: str, *, embedder: Embedder | None
+    data: Path, dataset: str, kb: str, *, embedder: Embedder | None, oos: int = 0
 ) -> dict[str, float | int | str | None]:
     entries = read_kb(data / dataset / f"kb-{kb}.tsv")
     cases = read_cases(data / dataset / "cases.csv")
+    if oos:
+        # The other dataset's test questions stand in for off-topic questions.
+        other = next(d for d in DATASETS if d != dataset)
+        pool = read_cases(data / other / "cases.csv")
+        picked = np.random.default_rng(0).permutation(len(pool))[:oos]
+        cases += [EvalCase(pool[i].question, None) for i in picked]
     phrasings = [p.strip() for _, ps in entries for p in ps]
     embed_s = 0.0
     if embedder is not None:
@@ -162,7 +169,11 @@ def run_one(
     started = time.perf_counter()
     policy = calibrate(entries, embedder=embedder)  # reuses the matcher just built
     calibrate_s = time.perf_counter() - started
+    load_before = os.getloadavg()[0]
     report = evaluate(cases, matcher=matcher, policy=policy)
+    # Latencies are only meaningful on an otherwise idle machine: this process alone keeps
+    # the 1-minute load near 1.
+    load = max(load_before, os.getloadavg()[0])
     return {
         "dataset": dataset,
         "kb": kb,
@@ -174,6 +185,7 @@ def run_one(
         "build_s": round(build_s, 2),
         "calibrate_s": round(calibrate_s, 2),
         "answer_threshold": policy.answer_threshold,
+        "load_1m": round(load, 2),
     }
 
 
@@ -186,6 +198,7 @@ def print_table(rows: Sequence[Mapping[str, float | int | str | None]]) -> None:
         "kb_embed_s",
         "build_s",
         "calibrate_s",
+        "load_1m",
     )
 
     def cell(value: float | int | str | None) -> str:
@@ -213,12 +226,20 @@ class HeldOutSignals:
 
 
 def held_out_signals(
-    matcher: Matcher, oos: Sequence[str], oos_vectors: F32 | None, *, folds: int = 5, seed: int = 0
+    matcher: Matcher,
+    oos: Sequence[str],
+    oos_vectors: F32 | None,
+    *,
+    semantic: bool,
+    folds: int = 5,
+    seed: int = 0,
 ) -> tuple[HeldOutSignals, HeldOutSignals]:
     """Signals of every phrasing ranked against a matcher built without its fold, and of the
-    out-of-scope questions ranked against the first fold's matcher."""
+    out-of-scope questions ranked against the first fold's matcher (lexical signals only
+    unless `semantic`)."""
     labels = matcher._labels
-    vectors = matcher._phrasing_vectors()
+    vectors = matcher._phrasing_vectors() if semantic else None
+    oos_vectors = oos_vectors if semantic else None
     rng = np.random.default_rng(seed)
     assign = np.empty(labels.size, dtype=np.int64)
     for start, size in zip(matcher._starts.tolist(), matcher._sizes.tolist(), strict=True):
@@ -326,9 +347,9 @@ def run_fit(data: Path, embedder: Embedder | None) -> None:
         for kb in KBS:
             started = time.perf_counter()
             matcher = Matcher(read_kb(data / dataset / f"kb-{kb}.tsv"), embedder=embedder)
-            semantic.append(held_out_signals(matcher, oos, oos_vectors))
             if matcher.semantic:
-                lexical.append(held_out_signals(matcher, oos, None))
+                semantic.append(held_out_signals(matcher, oos, oos_vectors, semantic=True))
+            lexical.append(held_out_signals(matcher, oos, None, semantic=False))
             print(f"{dataset} {kb}: signals in {time.perf_counter() - started:.1f} s", flush=True)
     for name, groups in (("SEMANTIC", semantic), ("LEXICAL", lexical)):
         if not groups:
@@ -357,6 +378,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--fit", action="store_true", help="re-derive the signal weights")
+    parser.add_argument(
+        "--oos",
+        type=int,
+        default=0,
+        metavar="N",
+        help="add N of the other dataset's questions as out-of-scope cases",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
@@ -377,7 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = []
         for dataset in datasets:
             for kb in kbs:
-                rows.append(run_one(args.data, dataset, kb, embedder=embedder))
+                rows.append(run_one(args.data, dataset, kb, embedder=embedder, oos=args.oos))
                 if args.json:
                     print(json.dumps({**rows[-1], "model_load_s": round(load_s, 2)}), flush=True)
     finally:
@@ -386,6 +414,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         model = "lexical only" if embedder is None else f"{args.model}"
         print(f"model: {model}; load {load_s:.1f} s; cache: {CACHE_DIR}")
         print_table(rows)
+        if any(float(row["load_1m"] or 0) > 1.6 for row in rows):
+            print("note: the machine was busy (load_1m > 1.6): latencies are inflated")
     return 0
 
 

@@ -17,7 +17,7 @@ from sqlmodel import Session, select
 from bot.config import get_settings
 from bot.core.announcements.plan import parse_audience
 from bot.core.content import ContentErrors
-from bot.core.surveys.definitions import Survey
+from bot.core.surveys.definitions import MAX_OPEN_DAYS, Survey
 from bot.core.surveys.report import SUPPRESSED, run_results, runs_of, trend_results
 from bot.core.surveys.runner import SurveyRunner
 from bot.store.audit import record
@@ -83,7 +83,9 @@ def start_command(
     to: Annotated[
         str, typer.Option("--to", help="Audience: everyone, members:C…, users:U1,U2 …")
     ] = "everyone",
-    days: Annotated[int, typer.Option(help="Days the run stays open.")] = 5,
+    days: Annotated[
+        int, typer.Option(min=1, max=MAX_OPEN_DAYS, help="Days the run stays open.")
+    ] = 5,
     by: Annotated[
         str | None, typer.Option("--by", help="Your Slack user id: gets the results.")
     ] = None,
@@ -215,14 +217,17 @@ def results_command(
             flag = f"{change['change']:+.2f}" + (
                 " (significant)" if change.get("significant") else " (noise)"
             )
+        mean, enps = summary.get("mean"), summary.get("enps")  # None when nobody answered
         if question.kind == "likert":
-            result, interval = f"mean {summary.get('mean', 0):.2f}", summary.get("ci95")
+            result = f"mean {mean:.2f}" if mean is not None else "no answers"
+            interval = summary.get("ci95")
         elif question.kind == "enps":
-            result, interval = f"eNPS {summary.get('enps', 0):+.0f}", summary.get("ci95")
+            result = f"eNPS {enps:+.0f}" if enps is not None else "no answers"
+            interval = summary.get("ci95")
         elif question.kind == "text":
             result, interval = f"{len(summary.get('comments', []))} comments", None
         else:
-            result, interval = json.dumps(summary.get("distribution", {})), None
+            result, interval = json.dumps(summary.get("counts", {})), None
         shown = f"{interval[0]:.2f} – {interval[1]:.2f}" if interval else ""
         table.add_row(question.text[:60], str(summary.get("n", "")), result, shown, flag)
     console.print(table)

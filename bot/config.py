@@ -30,6 +30,10 @@ HINTS: dict[str, str] = {
     "MOBILIZE_WORKERS": "how many sending threads each process runs, e.g. 4",
     "MOBILIZE_GRACE_MINUTES": "minutes after which a missed announcement is no longer sent",
     "MOBILIZE_TICK_SECONDS": "seconds between scheduler runs, e.g. 30",
+    "MOBILIZE_SURVEY_SECRET": "a long random string (keep it out of the database and of git)",
+    "MOBILIZE_SURVEY_SECRET_FILE": "a file path where the survey secret is kept",
+    "MOBILIZE_LEASE_SECONDS": "seconds a worker holds a delivery it is sending, at least 20, "
+    "e.g. 120",
 }
 
 
@@ -64,6 +68,13 @@ class Settings(BaseSettings):
     workers: int = Field(default=4, ge=0, le=64, alias="MOBILIZE_WORKERS")
     grace_minutes: int = Field(default=360, ge=0, alias="MOBILIZE_GRACE_MINUTES")
     tick_seconds: float = Field(default=30.0, gt=0, alias="MOBILIZE_TICK_SECONDS")
+    survey_secret: str = Field(default="", alias="MOBILIZE_SURVEY_SECRET")
+    survey_secret_file: Path = Field(
+        default=Path(".mobilize-survey-secret"), alias="MOBILIZE_SURVEY_SECRET_FILE"
+    )
+    # How long a claimed delivery is held before another process may check and resend it;
+    # must outlast one post (the outbox's Web API client: 15 s timeout, no retries).
+    lease_seconds: float = Field(default=120.0, ge=20, alias="MOBILIZE_LEASE_SECONDS")
 
     @field_validator("slack_api_url")
     @classmethod
@@ -104,6 +115,24 @@ class Settings(BaseSettings):
             if user_id[:1] not in {"U", "W"}:
                 raise ValueError(f"{user_id!r} is not a Slack user id")
         return value
+
+    def survey_key(self) -> bytes:
+        """The secret that keys anonymous survey answers: MOBILIZE_SURVEY_SECRET, else the
+        secret file (created with a random secret, readable only by its owner, when missing).
+        It never goes into the database: with it and the database, answers could be linked
+        to people while a run is open."""
+        if self.survey_secret:
+            return self.survey_secret.encode()
+        path = self.survey_secret_file
+        if not path.exists():
+            import os
+            import secrets
+
+            path.parent.mkdir(parents=True, exist_ok=True)
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(secrets.token_hex(32))
+        return path.read_text().strip().encode()
 
     @property
     def admin_ids(self) -> frozenset[str]:

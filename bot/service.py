@@ -24,6 +24,7 @@ from bot.core.faq.desk import FaqDesk
 from bot.core.faq.embed import CachedEmbedder, Embedder, load_embedder
 from bot.core.faq.engine import FaqEngine
 from bot.core.messages import Address, say
+from bot.core.surveys.runner import SurveyRunner
 from bot.metrics import CONTENT_RELOADS
 from bot.store.db import make_engine, upgrade
 from bot.store.embeddings import DbEmbeddingCache
@@ -62,11 +63,14 @@ def make_announcer(settings: Settings, db: Engine, chat: SlackChat) -> Announcer
         admins=settings.admin_ids,
         limits=Limits(
             posts_per_second=settings.send_rate,
-            burst=settings.send_rate,
+            # A tenth of a second's worth, not a second's: Slack allows bursts, but one as big
+            # as its own bucket, met by network jitter, earns 429s (and a pause for everyone).
+            burst=max(2.0, settings.send_rate / 10),
             edits_per_second=settings.edit_rate,
         ),
         grace=timedelta(minutes=settings.grace_minutes),
         default_timezone=settings.timezone,
+        lease=timedelta(seconds=settings.lease_seconds),
     )
 
 
@@ -95,7 +99,18 @@ class Service:
             engine=self.engine, db=self.db, support_channel=settings.support_channel
         )
         self.announcer = make_announcer(settings, self.db, self.chat)
-        errors = self.announcer.load()
+        self.surveys = SurveyRunner(
+            db=self.db,
+            content_dir=settings.content_dir,
+            directory=self.announcer.directory,
+            chat=self.chat,
+            secret=settings.survey_key(),
+            admins=settings.admin_ids,
+            grace=timedelta(minutes=settings.grace_minutes),
+            default_timezone=settings.timezone,
+        )
+        self.announcer.survey_render = self.surveys.render
+        errors = self.announcer.load() + self.surveys.load()
         if errors:
             raise ContentErrors(errors)
         self.admins = Admins(self.client, users=settings.admin_ids, group=settings.admin_group)
@@ -107,6 +122,7 @@ class Service:
             support_channel=settings.support_channel,
             admins=self.admins,
             announcer=self.announcer,
+            surveys=self.surveys.desk,
         )
         self._stop = threading.Event()
         self.scheduler: BackgroundScheduler | None = None
@@ -129,7 +145,7 @@ class Service:
 
     def reload(self) -> None:
         """Reload every content file; errors reach the admins, the last good content stays."""
-        errors = self.engine.load() + self.announcer.load()
+        errors = self.engine.load() + self.announcer.load() + self.surveys.load()
         if errors:
             self.report_content_errors(errors)
         else:
@@ -172,6 +188,7 @@ class Service:
     def start_announcements(self, *, workers: int | None = None) -> None:
         """The scheduler (APScheduler with its persistent job store) and the outbox workers."""
         jobs.RUNNING["default"] = self.announcer
+        jobs.SURVEYS["default"] = self.surveys
         self.scheduler = BackgroundScheduler(
             jobstores={"default": SQLAlchemyJobStore(engine=self.db)}, timezone=UTC
         )
@@ -198,4 +215,5 @@ class Service:
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
         jobs.RUNNING.pop("default", None)
+        jobs.SURVEYS.pop("default", None)
         self.db.dispose()

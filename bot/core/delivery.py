@@ -560,7 +560,3 @@ def counts(db: Engine, send_id: int) -> dict[str, int]:
     found = {str(state): int(number) for state, number in rows}
     found["acknowledged"] = int(acked)
     return found
-
-
-def percent(part: int, whole: int) -> str:
-    return "—" if whole == 0 else f"{100 * part / whole:.0f}%"

