@@ -77,6 +77,17 @@ def _run(db: Engine, survey_id: str, number: int | None) -> SurveyRun:
     raise typer.BadParameter(f"survey {survey_id!r} has no run {number} (runs 1–{len(runs)})")
 
 
+def _closed(target: SurveyRun, survey_id: str) -> None:
+    """Results of a run that is not named wait for its close: watching them change while the
+    participation ledger says who just answered would reveal that person's answers."""
+    if target.anonymity != "named" and target.state != "closed":
+        raise typer.BadParameter(
+            f"run {target.number} of {survey_id} is still open; results of a "
+            f"{target.anonymity} survey are shown once it closes "
+            f"(mobilize survey close {survey_id})"
+        )
+
+
 @app.command("start")
 def start_command(
     survey_id: Annotated[str, typer.Argument(help="Survey id (file name in messages/surveys/).")],
@@ -191,6 +202,7 @@ def results_command(
     runner = _runner()
     survey = _survey(runner, survey_id)
     target = _run(runner.db, survey_id, run)
+    _closed(target, survey_id)
     assert target.id is not None
     report = run_results(db=runner.db, survey=survey, run_id=target.id)
     earlier = [r.id for r in runs_of(runner.db, survey_id) if r.number <= target.number and r.id]
@@ -218,7 +230,9 @@ def results_command(
                 " (significant)" if change.get("significant") else " (noise)"
             )
         mean, enps = summary.get("mean"), summary.get("enps")  # None when nobody answered
-        if question.kind == "likert":
+        if summary.get(SUPPRESSED):
+            result, interval = f"hidden: fewer than {target.min_group} answered", None
+        elif question.kind == "likert":
             result = f"mean {mean:.2f}" if mean is not None else "no answers"
             interval = summary.get("ci95")
         elif question.kind == "enps":
@@ -257,6 +271,7 @@ def export_command(
     runner = _runner()
     survey = _survey(runner, survey_id)
     target = _run(runner.db, survey_id, run)
+    _closed(target, survey_id)
     with Session(runner.db) as session:
         responses = session.exec(
             select(SurveyResponse).where(SurveyResponse.run_id == target.id)

@@ -179,17 +179,10 @@ def test_start_status_results_close_and_export(
     )
     table = ok("status", "pulse")
     assert "75%" in table
-
-    report = json.loads(ok("results", "pulse", "--json"))
-    assert report["overall"]["responses"] == 3 and report["overall"]["population"] == 4
-    assert report["overall"]["questions"]["ready"]["mean"] == 3.0  # 2, 3, 4
-    assert report["overall"]["questions"]["confidence"]["mean"] is None  # nobody answered it
-    assert report["overall"]["adkar_barrier"] == "awareness"
-    text = " ".join(ok("results", "pulse").split())
-    assert "3 of 4 answered." in text
-    assert "mean 3.00" in text and "eNPS +100" in text
-    assert '{"E-learning": 3, "Live session": 0}' in text  # a choice shows its counts
-    assert "ADKAR barrier point: awareness" in text
+    # While the run is open, results would change as each person answers: refused.
+    refused = mobilize("results", "pulse")
+    assert refused.exit_code != 0 and "still open" in refused.output
+    assert mobilize("export", "pulse").exit_code != 0
 
     out = ok("close", "pulse", "--by", "U3")
     assert "Closed run 1 of pulse" in out
@@ -198,6 +191,19 @@ def test_start_status_results_close_and_export(
     assert "already closed" in ok("close", "pulse")
     with Session(db) as session:
         assert {r.respondent_key for r in session.exec(select(SurveyResponse))} == {None}
+
+    report = json.loads(ok("results", "pulse", "--json"))
+    assert report["overall"]["responses"] == 3 and report["overall"]["population"] == 4
+    assert report["overall"]["questions"]["ready"]["mean"] == 3.0  # 2, 3, 4
+    # Nobody answered it, and one person commented: both below min_group, both hidden.
+    assert report["overall"]["questions"]["confidence"] == {"n": 0, "suppressed": True}
+    assert report["overall"]["questions"]["comment"] == {"n": 1, "suppressed": True}
+    assert report["overall"]["adkar_barrier"] == "awareness"
+    text = " ".join(ok("results", "pulse").split())
+    assert "3 of 4 answered." in text
+    assert "mean 3.00" in text and "eNPS +100" in text
+    assert '{"E-learning": 3, "Live session": 0}' in text  # a choice shows its counts
+    assert "ADKAR barrier point: awareness" in text
 
     rows = list(csv.reader(io.StringIO(ok("export", "pulse"))))
     assert rows[0] == ["ready", "confidence", "recommend", "training", "helped", "comment"]
@@ -212,6 +218,7 @@ def test_too_few_answers_show_and_export_nothing(db: Engine, running: SurveyRunn
     ok("start", "pulse", "--to", "users:U1,U2,U4,U5")
     run_id = open_latest(running)
     answer_all(running, run_id, ["U1", "U2"])  # min_group is 3
+    ok("close", "pulse")
 
     assert json.loads(ok("results", "pulse", "--json"))["overall"] == {
         "responses": 2,

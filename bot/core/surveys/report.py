@@ -20,6 +20,10 @@ from bot.store.models import SurveyInvitation, SurveyResponse, SurveyRun
 SUPPRESSED = "suppressed"
 
 
+def _answered(question: Question, answers: Sequence[dict[str, Any]]) -> int:
+    return sum(1 for a in answers if a.get(question.id) not in (None, "", []))
+
+
 def _summary(
     question: Question, answers: Sequence[dict[str, Any]], population: int
 ) -> dict[str, Any]:
@@ -45,7 +49,13 @@ def group_results(
     """Every question for one group, or a suppression notice when it is too small."""
     if len(answers) < min_group:
         return {"responses": len(answers), SUPPRESSED: True}
-    per_question = {q.id: _summary(q, answers, population) for q in survey.questions}
+    per_question = {
+        q.id: _summary(q, answers, population)
+        if _answered(q, answers) >= min_group
+        # A question fewer than min_group people answered is a small group of its own.
+        else {"n": _answered(q, answers), SUPPRESSED: True}
+        for q in survey.questions
+    }
     means = {q.adkar: per_question[q.id].get("mean") for q in survey.questions if q.adkar in ADKAR}
     return {
         "responses": len(answers),
