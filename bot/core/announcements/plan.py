@@ -273,8 +273,8 @@ def send_time(
     """
     if occurrence.announcement_id != announcement.id:
         raise ValueError(f"{occurrence.key} is not an occurrence of {announcement.id}")
-    zone = _zone(tz, rollout.zone) if announcement.local_time else rollout.zone
-    return _to_utc(_adjust(announcement, occurrence.local), zone)
+    zone = zone_or(tz, rollout.zone) if announcement.local_time else rollout.zone
+    return to_utc(_adjust(announcement, occurrence.local), zone)
 
 
 def _occurrences_of(announcement: Announcement, rollout: Rollout) -> list[Occurrence]:
@@ -285,7 +285,7 @@ def _occurrences_of(announcement: Announcement, rollout: Rollout) -> list[Occurr
             # Every zone shows `moved` at `moved - its offset`, and no offset exceeds +14h.
             due = moved.replace(tzinfo=EARLIEST_ZONE).astimezone(UTC)
         else:
-            due = _to_utc(moved, rollout.zone)
+            due = to_utc(moved, rollout.zone)
         key = f"{announcement.id}@{local.date().isoformat()}T{local:%H:%M}"
         # Later planned occurrences replace earlier ones moved onto the same moment.
         by_moment[moved] = Occurrence(announcement.id, key, local, due)
@@ -294,13 +294,14 @@ def _occurrences_of(announcement: Announcement, rollout: Rollout) -> list[Occurr
 
 def _adjust(announcement: Announcement, wall: datetime) -> datetime:
     if announcement.quiet_hours is not None:
-        wall = _after_quiet_hours(wall, *announcement.quiet_hours)
+        wall = after_quiet_hours(wall, *announcement.quiet_hours)
     if announcement.weekdays_only and wall.weekday() >= 5:
         wall += timedelta(days=7 - wall.weekday())
     return wall
 
 
-def _after_quiet_hours(wall: datetime, begin: time, end: time) -> datetime:
+def after_quiet_hours(wall: datetime, begin: time, end: time) -> datetime:
+    """`wall` moved to the end of the quiet-hours window [begin, end) when it falls inside."""
     clock = wall.time()
     if begin < end:
         if begin <= clock < end:
@@ -312,14 +313,16 @@ def _after_quiet_hours(wall: datetime, begin: time, end: time) -> datetime:
     return wall
 
 
-def _to_utc(wall: datetime, zone: ZoneInfo) -> datetime:
+def to_utc(wall: datetime, zone: ZoneInfo) -> datetime:
+    """A wall-clock time in `zone` as an aware UTC instant."""
     # fold=0: an ambiguous time (clocks going back) takes its first instant, and a time in a
     # spring-forward gap is read with the offset from before the change, i.e. moved forward by
     # the gap (01:30 on a Europe/London spring-forward day is sent at 02:30 BST).
     return wall.replace(tzinfo=zone, fold=0).astimezone(UTC)
 
 
-def _zone(name: str | None, fallback: ZoneInfo) -> ZoneInfo:
+def zone_or(name: str | None, fallback: ZoneInfo) -> ZoneInfo:
+    """The named time zone, or `fallback` when the name is empty or unknown."""
     if not name:
         return fallback
     try:

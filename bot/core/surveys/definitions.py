@@ -70,7 +70,6 @@ from datetime import UTC, datetime, time, timedelta, timezone
 from itertools import pairwise
 from pathlib import Path
 from typing import Any, Literal, cast
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
@@ -80,11 +79,14 @@ from bot.core.announcements.plan import (
     DateExpr,
     OneOff,
     Recurrence,
+    after_quiet_hours,
     parse_at,
     parse_audience,
     parse_date,
     parse_every,
     parse_quiet_hours,
+    to_utc,
+    zone_or,
 )
 from bot.core.content import ContentError, Rollout, parse_yaml
 
@@ -276,9 +278,9 @@ def runs(
                 r.replace(tzinfo=EARLIEST_ZONE).astimezone(UTC) for r in reminders
             )
         else:
-            starts_utc = _to_utc(begins, rollout.zone)
-            closes_utc = _to_utc(closes, rollout.zone)
-            reminders_utc = tuple(_to_utc(r, rollout.zone) for r in reminders)
+            starts_utc = to_utc(begins, rollout.zone)
+            closes_utc = to_utc(closes, rollout.zone)
+            reminders_utc = tuple(to_utc(r, rollout.zone) for r in reminders)
         if start <= starts_utc < end:
             key = f"{schedule.survey}@{planned:%Y-%m-%dT%H:%M}"
             found.append(RunOccurrence(key, starts_utc, closes_utc, reminders_utc))
@@ -295,44 +297,18 @@ def recipient_times(
         raise ValueError(f"{run.key} is not a run of {schedule.survey}")
     if not schedule.local_time:
         return RecipientTimes(run.starts_utc, run.closes_utc, run.reminders_utc)
-    zone = _zone(tz, rollout.zone)
+    zone = zone_or(tz, rollout.zone)
     begins = _after_quiet_hours(run.local, schedule.quiet_hours)
     return RecipientTimes(
-        _to_utc(begins, zone),
-        _to_utc(begins + timedelta(days=schedule.open_days), zone),
-        tuple(_to_utc(begins + timedelta(days=d), zone) for d in schedule.reminder_days),
+        to_utc(begins, zone),
+        to_utc(begins + timedelta(days=schedule.open_days), zone),
+        tuple(to_utc(begins + timedelta(days=d), zone) for d in schedule.reminder_days),
     )
 
 
 def _after_quiet_hours(wall: datetime, window: tuple[time, time] | None) -> datetime:
     # The same rule as announcements: a start inside the window moves to the window's end.
-    if window is None:
-        return wall
-    begin, end = window
-    clock = wall.time()
-    if begin < end:
-        if begin <= clock < end:
-            return datetime.combine(wall.date(), end)
-    elif clock >= begin:  # the window wraps midnight: the evening part ends tomorrow
-        return datetime.combine(wall.date() + timedelta(days=1), end)
-    elif clock < end:
-        return datetime.combine(wall.date(), end)
-    return wall
-
-
-def _to_utc(wall: datetime, zone: ZoneInfo) -> datetime:
-    # fold=0, as in the announcement plan: an ambiguous time takes its first instant and a time
-    # in a spring-forward gap moves forward by the gap.
-    return wall.replace(tzinfo=zone, fold=0).astimezone(UTC)
-
-
-def _zone(name: str | None, fallback: ZoneInfo) -> ZoneInfo:
-    if not name:
-        return fallback
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError, OSError):
-        return fallback
+    return wall if window is None else after_quiet_hours(wall, *window)
 
 
 # ---------------------------------------------------------------------------- YAML helpers
