@@ -7,6 +7,7 @@ import ipaddress
 import os
 import shutil
 import socket
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,10 @@ from bot.store.db import make_engine, upgrade
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# Tests never write a survey secret into the working tree.
+os.environ.setdefault(
+    "MOBILIZE_SURVEY_SECRET_FILE", os.path.join(tempfile.gettempdir(), "mobilize-test-secret")
+)
 
 _real_connect = socket.socket.connect
 _real_connect_ex = socket.socket.connect_ex

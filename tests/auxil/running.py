@@ -130,6 +130,7 @@ def bot_settings(
         "MOBILIZE_ADMINS": ADMIN,
         "MOBILIZE_EMBEDDING_MODEL": "none",
         "MOBILIZE_SLACK_MAX_RETRIES": 2,
+        "MOBILIZE_SURVEY_SECRET": "test-survey-secret",
     }
     values.update(extra)
     return load_settings(**values)
