@@ -69,11 +69,9 @@ def _settings() -> Settings:
 
 
 def _db(settings: Settings) -> Engine:
-    from bot.store.db import make_engine, upgrade
+    from bot.service import connect
 
-    engine = make_engine(settings.database_url)
-    upgrade(engine)
-    return engine
+    return connect(settings)
 
 
 def _desk(settings: Settings, *, semantic: bool = True) -> Any:

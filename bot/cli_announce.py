@@ -38,18 +38,11 @@ console = Console()
 
 
 def _announcer(settings: Settings) -> tuple[Announcer, Engine]:
-    from bot.channels.slack.chat import SlackChat, make_client
-    from bot.service import make_announcer
-    from bot.store.db import make_engine, upgrade
+    from bot.channels.slack.chat import SlackChat
+    from bot.service import connect, make_announcer, slack_client
 
-    db = make_engine(settings.database_url)
-    upgrade(db)
-    client = make_client(
-        token=settings.slack_bot_token or "xoxb-unset",
-        base_url=settings.slack_api_url,
-        max_retries=1,
-    )
-    announcer = make_announcer(settings, db, SlackChat(client))
+    db = connect(settings)
+    announcer = make_announcer(settings, db, SlackChat(slack_client(settings, max_retries=1)))
     errors = announcer.load()
     if errors:
         raise ContentErrors(errors)

@@ -30,26 +30,14 @@ console = Console()
 
 
 def _runner() -> SurveyRunner:
-    from bot.channels.slack.chat import SlackChat, make_client
+    from bot.channels.slack.chat import SlackChat
     from bot.channels.slack.directory import SlackDirectory
-    from bot.store.db import make_engine, upgrade
+    from bot.service import connect, make_survey_runner, slack_client
 
     settings = get_settings()
-    db = make_engine(settings.database_url)
-    upgrade(db)
-    client = make_client(
-        token=settings.slack_bot_token or "xoxb-unset",
-        base_url=settings.slack_api_url,
-        max_retries=1,
-    )
-    runner = SurveyRunner(
-        db=db,
-        content_dir=settings.content_dir,
-        directory=SlackDirectory(client),
-        chat=SlackChat(client),
-        secret=settings.survey_key(),
-        admins=settings.admin_ids,
-        default_timezone=settings.timezone,
+    client = slack_client(settings, max_retries=1)
+    runner = make_survey_runner(
+        settings, connect(settings), SlackChat(client), SlackDirectory(client)
     )
     errors = runner.load()
     if errors:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
+from slack_sdk import WebClient
 from sqlalchemy import Engine
 
 from bot import jobs
@@ -18,12 +19,13 @@ from bot.channels.slack.sender import SlackSender, outbox_client
 from bot.channels.slack.server import HttpServer, WebApp
 from bot.config import Settings
 from bot.core.announcements.announcer import Announcer
+from bot.core.announcements.audience import Directory
 from bot.core.content import ContentError, ContentErrors
 from bot.core.delivery import Limits
 from bot.core.faq.desk import FaqDesk
 from bot.core.faq.embed import CachedEmbedder, Embedder, load_embedder
 from bot.core.faq.engine import FaqEngine
-from bot.core.messages import Address, say
+from bot.core.messages import Address, Chat, say
 from bot.core.surveys.runner import SurveyRunner
 from bot.metrics import CONTENT_RELOADS
 from bot.store.db import make_engine, upgrade
@@ -43,13 +45,41 @@ def make_embedder(settings: Settings, db: Engine) -> Embedder | None:
     return CachedEmbedder(inner, DbEmbeddingCache(db)) if inner else None
 
 
-def make_announcer(settings: Settings, db: Engine, chat: SlackChat) -> Announcer:
-    """The announcement service on Slack, from settings."""
-    client = make_client(
+def connect(settings: Settings) -> Engine:
+    """The database from DATABASE_URL, migrated to the latest revision."""
+    db = make_engine(settings.database_url)
+    upgrade(db)
+    return db
+
+
+def slack_client(settings: Settings, *, max_retries: int | None = None) -> WebClient:
+    """A Web API client from settings (commands pass fewer retries than the running bot)."""
+    return make_client(
         token=settings.slack_bot_token or "xoxb-unset",
         base_url=settings.slack_api_url,
-        max_retries=settings.slack_max_retries,
+        max_retries=settings.slack_max_retries if max_retries is None else max_retries,
     )
+
+
+def make_survey_runner(
+    settings: Settings, db: Engine, chat: Chat, directory: Directory
+) -> SurveyRunner:
+    """The survey service, from settings."""
+    return SurveyRunner(
+        db=db,
+        content_dir=settings.content_dir,
+        directory=directory,
+        chat=chat,
+        secret=settings.survey_key(),
+        admins=settings.admin_ids,
+        grace=timedelta(minutes=settings.grace_minutes),
+        default_timezone=settings.timezone,
+    )
+
+
+def make_announcer(settings: Settings, db: Engine, chat: Chat) -> Announcer:
+    """The announcement service on Slack, from settings."""
+    client = slack_client(settings)
     return Announcer(
         db=db,
         content_dir=settings.content_dir,
@@ -79,14 +109,9 @@ class Service:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.db = make_engine(settings.database_url)
-        upgrade(self.db)
+        self.db = connect(settings)
         self.ready = threading.Event()
-        self.client = make_client(
-            token=settings.slack_bot_token or "xoxb-unset",
-            base_url=settings.slack_api_url,
-            max_retries=settings.slack_max_retries,
-        )
+        self.client = slack_client(settings)
         self.chat = SlackChat(self.client)
         self.engine = FaqEngine(
             content_dir=settings.content_dir,
@@ -99,16 +124,7 @@ class Service:
             engine=self.engine, db=self.db, support_channel=settings.support_channel
         )
         self.announcer = make_announcer(settings, self.db, self.chat)
-        self.surveys = SurveyRunner(
-            db=self.db,
-            content_dir=settings.content_dir,
-            directory=self.announcer.directory,
-            chat=self.chat,
-            secret=settings.survey_key(),
-            admins=settings.admin_ids,
-            grace=timedelta(minutes=settings.grace_minutes),
-            default_timezone=settings.timezone,
-        )
+        self.surveys = make_survey_runner(settings, self.db, self.chat, self.announcer.directory)
         self.announcer.survey_render = self.surveys.render
         errors = self.announcer.load() + self.surveys.load()
         if errors:

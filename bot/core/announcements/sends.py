@@ -24,7 +24,8 @@ from sqlmodel import Session, col, select
 from bot.core.announcements.audience import Audience, AudienceError, Directory, resolve
 from bot.core.announcements.plan import Occurrence, Plan, occurrences, send_time
 from bot.core.content import Rollout
-from bot.store.models import AnnouncementSend, Delivery, SchedulerMark, as_utc
+from bot.store.marks import advance_mark, read_mark
+from bot.store.models import AnnouncementSend, Delivery, as_utc
 
 log = logging.getLogger(__name__)
 TERMINAL = ("sent", "failed", "skipped", "cancelled", "deleted")
@@ -64,9 +65,7 @@ def materialise(
 
     An occurrence due more than `grace` ago that was never created is recorded as missed."""
     report = MaterialiseReport()
-    with Session(db) as session:
-        mark = session.get(SchedulerMark, MARK)
-        since = mark.at if mark else now - grace
+    since = read_mark(db, MARK) or now - grace
     start = min(since, now - grace) - timedelta(minutes=1)
     due: list[Occurrence] = occurrences(plan, rollout, start=start, end=now + timedelta(seconds=1))
     for occurrence in due:
@@ -99,14 +98,7 @@ def materialise(
                 log.warning(
                     "announcement %s was missed (due %s)", occurrence.key, occurrence.due_utc
                 )
-    with Session(db) as session:
-        mark = session.get(SchedulerMark, MARK) or SchedulerMark(name=MARK, at=now)
-        mark.at = max(as_utc(mark.at), now)
-        session.add(mark)
-        try:
-            session.commit()
-        except IntegrityError:
-            session.rollback()
+    advance_mark(db, MARK, now)
     return report
 
 

@@ -29,10 +29,10 @@ from bot.core.surveys.definitions import (
 )
 from bot.core.surveys.report import results_message
 from bot.core.surveys.runs import SurveyDesk, close_run, invitation_message, invite, start_run
+from bot.store.marks import advance_mark, read_mark
 from bot.store.models import (
     AnnouncementSend,
     Delivery,
-    SchedulerMark,
     SurveyInvitation,
     SurveyRun,
     as_utc,
@@ -151,9 +151,7 @@ class SurveyRunner:
             self.close(run_id)
 
     def _plan_runs(self, now: datetime) -> None:
-        with Session(self.db) as session:
-            mark = session.get(SchedulerMark, MARK)
-            since = as_utc(mark.at) if mark else now - self.grace
+        since = read_mark(self.db, MARK) or now - self.grace
         start = min(since, now - self.grace)
         for schedule in self.schedules:
             survey = self.surveys.get(schedule.survey)
@@ -174,14 +172,7 @@ class SurveyRunner:
                     reminder_days=list(schedule.reminder_days),
                     by="plan",
                 )
-        with Session(self.db) as session:
-            mark = session.get(SchedulerMark, MARK) or SchedulerMark(name=MARK, at=now)
-            mark.at = max(as_utc(mark.at), now)
-            session.add(mark)
-            try:
-                session.commit()
-            except IntegrityError:
-                session.rollback()
+        advance_mark(self.db, MARK, now)
 
     def _due(self, now: datetime, *, state: str, field: str) -> list[int]:
         column = col(getattr(SurveyRun, field))
