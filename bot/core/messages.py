@@ -28,11 +28,34 @@ USER_ID = re.compile(r"^[UW][A-Z0-9]{1,20}$")
 
 
 @dataclass(frozen=True)
+class Link:
+    """A link someone wrote in chat: shown as a link, its label as plain text."""
+
+    url: str
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class Mention:
+    """A mention of a person (`U…`) or a channel (`C…`/`G…`) someone wrote in chat."""
+
+    id: str
+    label: str = ""
+
+
+# Chat text as the platform sent it, decoded: plain strings, links and mentions. Broadcasts
+# (@here, @channel, @everyone) arrive as plain strings, so they can never ping anyone.
+Span = str | Link | Mention
+
+
+@dataclass(frozen=True)
 class Text:
-    """A paragraph: trusted Markdown from content files, or user text to be escaped."""
+    """A paragraph: trusted Markdown from content files, or user text to be escaped. User
+    text from chat keeps its links and mentions in `spans` (`body` is its plain form)."""
 
     body: str
     trusted: bool = True
+    spans: tuple[Span, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -112,8 +135,37 @@ def say(
     )
 
 
-def user_text(body: str) -> Text:
-    return Text(body, trusted=False)
+def user_text(body: str | tuple[Span, ...]) -> Text:
+    """Text a person wrote: shown exactly as written (escaped), links and mentions kept."""
+    if isinstance(body, str):
+        return Text(body, trusted=False)
+    return Text(plain_text(body), trusted=False, spans=body)
+
+
+def plain_text(spans: tuple[Span, ...]) -> str:
+    """Chat text as plain text: links by their label (or address), mentions as `@label`."""
+    out: list[str] = []
+    for span in spans:
+        if isinstance(span, Link):
+            out.append(span.label or span.url)
+        elif isinstance(span, Mention):
+            out.append(f"@{span.label or span.id}")
+        else:
+            out.append(span)
+    return "".join(out)
+
+
+def markdown_of(spans: tuple[Span, ...]) -> str:
+    """Chat text as content-file Markdown (a draft FAQ answer keeps its links)."""
+    out: list[str] = []
+    for span in spans:
+        if isinstance(span, Link):
+            out.append(f"[{span.label or span.url}]({span.url})" if span.label else span.url)
+        elif isinstance(span, Mention):
+            out.append(f"<@{span.id}>" if USER_ID.match(span.id) else f"#{span.label or span.id}")
+        else:
+            out.append(span)
+    return "".join(out)
 
 
 def mention(user_id: str) -> str:

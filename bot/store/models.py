@@ -34,6 +34,7 @@ class SlackEvent(SQLModel, table=True):
     __tablename__ = "slack_event"
     event_id: str = Field(primary_key=True, max_length=64)
     received_at: datetime = Field(default_factory=utcnow, index=True)
+    handled_at: datetime | None = None
 
 
 class QuestionLog(SQLModel, table=True):

@@ -12,6 +12,7 @@ from typing import Any
 from bot.config import Settings, load_settings
 from bot.service import Service
 from tests.slack.fake_slack import FakeSlack
+from tests.slack.rules import encode_text
 from tests.slack.signing import (
     FORM_CONTENT_TYPE,
     SIGNING_SECRET,
@@ -46,18 +47,26 @@ class RunningBot:
         return post(self.events_url, body, signed_headers(body), retry_num=retry_num)
 
     def dm(self, text: str, *, user: str = "U1", event_id: str | None = None) -> tuple[int, str]:
+        """A DM from ``user``; ``text`` is entity-encoded as Slack sends it."""
         event = {
             "type": "message",
             "channel": f"D{user}",
             "channel_type": "im",
             "user": user,
-            "text": text,
+            "text": encode_text(text),
             "ts": "1700000100.000100",
         }
         return self.send_event(event, event_id=event_id)
 
     def command(self, text: str, *, user: str = "U1", channel: str = "C1") -> dict[str, Any]:
-        body = command_body("/ask", text, user_id=user, channel_id=channel)
+        body = command_body(
+            "/ask",
+            encode_text(text),
+            user_id=user,
+            channel_id=channel,
+            trigger_id=self.slack.new_trigger_id(),
+            response_url=self.slack.new_response_url(channel=channel, user=user, ephemeral=True),
+        )
         status, answer = post(
             self.events_url, body, signed_headers(body, content_type=FORM_CONTENT_TYPE)
         )
@@ -81,10 +90,13 @@ class RunningBot:
             channel_id=channel,
             message_ts=message_ts,
             thread_ts=thread_ts,
+            trigger_id=self.slack.new_trigger_id(),
+            response_url=self.slack.new_response_url(
+                channel=channel, user=user, message_ts=message_ts, ephemeral=ephemeral
+            ),
         )
         if ephemeral:
             payload["container"]["is_ephemeral"] = True
-            payload["response_url"] = self.slack.response_url
         body = action_body(payload)
         return post(self.events_url, body, signed_headers(body, content_type=FORM_CONTENT_TYPE))
 

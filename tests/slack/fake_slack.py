@@ -13,10 +13,11 @@ import contextlib
 import copy
 import json
 import math
+import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,7 +27,9 @@ from urllib.parse import parse_qsl, urlsplit
 
 from slack_sdk import WebClient
 
-__all__ = ["Call", "FakeSlack"]
+from tests.slack import rules
+
+__all__ = ["APP_TOKEN", "BOT_TOKEN", "ApiError", "Call", "FakeSlack"]
 
 T = TypeVar("T")
 
@@ -40,6 +43,14 @@ _JSON_FIELDS = frozenset(
     {"blocks", "attachments", "metadata", "view", "user_auth_blocks", "chunks", "unfurls"}
 )
 _TRUE = frozenset({"1", "true", "True", "TRUE", "yes"})
+BOT_TOKEN = "xoxb-test-token"
+APP_TOKEN = "xapp-test-token"
+TRIGGER_SECONDS = 3.0  # a trigger_id is good for 3 s
+RESPONSE_URL_USES = 5  # a response_url is good for 5 uses ...
+RESPONSE_URL_SECONDS = 30 * 60  # ... within 30 minutes
+# chat.postMessage: about 1 message/s per channel with short bursts, and a workspace-wide cap.
+POST_PER_CHANNEL, POST_BURST = 1.0, 4.0
+POST_WORKSPACE, POST_WORKSPACE_BURST = 50.0, 50.0
 
 
 @dataclass(frozen=True)
@@ -62,10 +73,16 @@ class Call:
         return self.status == 200 and bool(self.response.get("ok"))
 
 
-class _ApiError(Exception):
-    def __init__(self, error: str) -> None:
+class ApiError(Exception):
+    """Raised by a method handler: the answer is ``{"ok": false, "error": error, **fields}``."""
+
+    def __init__(self, error: str, **fields: Any) -> None:
         super().__init__(error)
         self.error = error
+        self.fields = fields
+
+
+_ApiError = ApiError
 
 
 @dataclass
@@ -153,12 +170,42 @@ class FakeSlack:
     - ``views``: view id -> view; ``home_views``: user id -> published Home tab view
     - ``reactions``: every reaction added (channel, ts, name)
     - ``rejected_429``: how many HTTP 429 answers the fake has sent
+    - ``channels``: channel id -> name / is_private / is_archived (channels listed only in
+      ``channel_members`` count as public channels named after their id)
+    - ``scopes``: the bot token's scopes (by default exactly those of ``slack-manifest.yml``)
+
+    It is as strict as Slack by default (see ``tests/slack/rules.py``): the bot token holds only
+    its scopes, read methods ignore JSON bodies, posting needs the bot in the channel, rate
+    tiers answer 429, Block Kit is checked, trigger_ids and response_urls expire. A test may
+    switch a rule off only by naming it: ``FakeSlack(loosen={"rate_limits"})`` (say why).
     """
 
-    def __init__(self, *, bot_user_id: str = "UBOT", team_id: str = "T1") -> None:
+    def __init__(
+        self,
+        *,
+        bot_user_id: str = "UBOT",
+        team_id: str = "T1",
+        scopes: Iterable[str] | None = None,
+        loosen: Iterable[str] = (),
+        bot_token: str = BOT_TOKEN,
+        app_token: str = APP_TOKEN,
+    ) -> None:
+        unknown = set(loosen) - rules.RULES
+        if unknown:
+            raise ValueError(f"no such rule: {sorted(unknown)}; rules: {sorted(rules.RULES)}")
+        self.loosened: set[str] = set(loosen)
+        self.scopes: set[str] = set(rules.manifest_scopes() if scopes is None else scopes)
+        self.app_scopes: set[str] = {"connections:write"}
+        self.bot_token = bot_token
+        self.app_token = app_token
         self.bot_user_id = bot_user_id
         self.bot_id = BOT_ID
         self.team_id = team_id
+        self.channels: dict[str, dict[str, Any]] = {}
+        self._triggers: dict[str, float] = {}
+        self._response_urls: dict[str, dict[str, Any]] = {}
+        self._method_tokens: dict[str, str] = {}
+        self._method_scopes: dict[str, str | None] = {}
         self.calls: list[Call] = []
         self.users: dict[str, dict[str, Any]] = {}
         self.messages: dict[str, list[dict[str, Any]]] = {}
@@ -171,7 +218,7 @@ class FakeSlack:
         self.rejected_429 = 0
         self._cond = threading.Condition()
         self._faults: dict[str, deque[tuple[str, str | int]]] = {}
-        self._limits: dict[str, _Limit] = {}
+        self._limits: dict[str, list[_Limit]] = {}
         self._ts_counter = 0
         self._view_counter = 0
         self._server: _Server | None = None
@@ -195,9 +242,14 @@ class FakeSlack:
             "views.open": self._views_open,
             "views.update": self._views_update,
             "reactions.add": self._reactions_add,
-            "response_url": lambda params: {},
+            "conversations.info": self._conversations_info,
+            "conversations.list": self._conversations_list,
+            "conversations.join": self._conversations_join,
         }
         self._preload_users()
+        self._preload_channels()
+        if "rate_limits" not in self.loosened:
+            self._slack_rate_limits()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -244,11 +296,6 @@ class FakeSlack:
     def url(self) -> str:
         """Base URL for ``WebClient(base_url=...)``, e.g. ``http://127.0.0.1:PORT/api/``."""
         return f"http://127.0.0.1:{self.port}/api/"
-
-    @property
-    def response_url(self) -> str:
-        """A ``response_url`` that lands here; calls are recorded with method ``"response_url"``."""
-        return f"http://127.0.0.1:{self.port}/response/"
 
     def client(self, *, token: str = "xoxb-test-token", **kwargs: Any) -> WebClient:
         """A real WebClient pointed at this fake that ignores HTTP(S)_PROXY env variables."""
@@ -342,7 +389,97 @@ class FakeSlack:
         if per_second <= 0 or burst < 1:
             raise ValueError("per_second must be > 0 and burst >= 1")
         with self._cond:
-            self._limits[method] = _Limit(per_second, per_channel, float(burst))
+            self._limits[method] = [_Limit(per_second, per_channel, float(burst))]
+
+    def unlimit(self, method: str) -> None:
+        """Lift every rate limit on ``method`` (a test says why)."""
+        with self._cond:
+            self._limits.pop(method, None)
+
+    def loosen(self, *names: str) -> None:
+        """Switch off the named rules of ``tests/slack/rules.py`` (a test says why)."""
+        unknown = set(names) - rules.RULES
+        if unknown:
+            raise ValueError(f"no such rule: {sorted(unknown)}")
+        with self._cond:
+            self.loosened.update(names)
+            if "rate_limits" in names:
+                self._limits.clear()
+
+    def _slack_rate_limits(self) -> None:
+        """Slack's published limits for the methods the bot uses."""
+        self._limits["chat.postMessage"] = [
+            _Limit(POST_PER_CHANNEL, True, POST_BURST),
+            _Limit(POST_WORKSPACE, False, POST_WORKSPACE_BURST),
+        ]
+        for method, per_minute in rules.METHOD_TIERS.items():
+            # Slack allows short bursts above the tier's average rate.
+            burst = max(3.0, per_minute / 6)
+            self._limits[method] = [_Limit(per_minute / 60, False, burst)]
+
+    def add_method(
+        self,
+        method: str,
+        handler: Handler,
+        *,
+        scope: str | None = None,
+        token: str = "bot",
+    ) -> None:
+        """Serve another Web API method. ``token`` is the kind it takes (``"bot"`` or
+        ``"app"`` for app-level tokens); ``scope`` the scope that token must hold. The handler
+        gets the parameters and returns the answer's fields, or raises ``FakeSlack.Error``."""
+        with self._cond:
+            self._handlers[method] = handler
+            self._method_tokens[method] = token
+            self._method_scopes[method] = scope
+
+    def add_channel(
+        self,
+        channel_id: str,
+        *,
+        name: str | None = None,
+        members: Iterable[str] = (),
+        private: bool | None = None,
+        bot: bool = True,
+        archived: bool = False,
+    ) -> None:
+        """A channel with ``members``; the bot is in it when ``bot`` (as after ``/invite``).
+        Ids starting with ``G`` are private unless ``private`` says otherwise."""
+        people = [m for m in members if m != self.bot_user_id]
+        if bot:
+            people.append(self.bot_user_id)
+        with self._cond:
+            self.channels[channel_id] = {
+                "name": name or channel_id.lower(),
+                "is_private": channel_id.startswith("G") if private is None else private,
+                "is_archived": archived,
+            }
+            self.channel_members[channel_id] = people
+
+    def new_trigger_id(self) -> str:
+        """A trigger_id as Slack puts in an interaction; ``views.open`` takes it within 3 s."""
+        trigger = f"{int(time.time())}.{secrets.randbelow(10**9)}.{secrets.token_hex(16)}"
+        with self._cond:
+            self._triggers[trigger] = time.monotonic()
+        return trigger
+
+    def new_response_url(
+        self, *, channel: str, user: str, message_ts: str = "", ephemeral: bool = False
+    ) -> str:
+        """A response_url for an interaction in ``channel`` by ``user`` on message ``message_ts``
+        (an ephemeral one when ``ephemeral``): 5 uses within 30 minutes. Posts to it are
+        recorded with method ``"response_url"`` and act on the fake's messages."""
+        key = secrets.token_hex(12)
+        with self._cond:
+            self._response_urls[key] = {
+                "channel": channel,
+                "user": user,
+                "message_ts": message_ts,
+                "ephemeral": ephemeral,
+                "uses": 0,
+                "issued": time.monotonic(),
+            }
+        return f"http://127.0.0.1:{self.port}/response/{key}"
 
     def add_user(self, user_id: str, **fields: Any) -> dict[str, Any]:
         """Add (or replace) a user. ``fields`` override the user object's top-level keys; the
@@ -467,6 +604,10 @@ class FakeSlack:
             deleted=True,
         )
 
+    def _preload_channels(self) -> None:
+        self.add_channel("C1", name="general", members=["U1", "U2", "U3"])
+        self.add_channel("CSUPPORT", name="rollout-support", members=["U3"])
+
     # ------------------------------------------------------------------ request dispatch
 
     def _dispatch(
@@ -481,17 +622,21 @@ class FakeSlack:
             method = "response_url"
         else:
             method = path.strip("/") or "/"
+        content_type = headers.get("content-type", "")
+        form_only = method in rules.FORM_ONLY and "form_reads" not in self.loosened
         parse_error: str | None = None
         try:
-            params = _parse_params(parts.query, raw, headers.get("content-type", ""))
+            params = _parse_params(parts.query, raw, content_type, ignore_json=form_only)
         except ValueError:
             params = {"_raw": raw.decode("utf-8", "replace")}
             parse_error = "invalid_json"
         with self._cond:
             if parse_error is not None:
                 answer = _Answer(200, {"ok": False, "error": parse_error})
+            elif method == "response_url":
+                answer = self._respond(path.rsplit("/", 1)[-1], params)
             else:
-                answer = self._answer(method, params, at)
+                answer = self._answer(method, params, headers, at)
             body = json.dumps(answer.payload).encode("utf-8")
             self.calls.append(
                 Call(
@@ -506,26 +651,63 @@ class FakeSlack:
             self._cond.notify_all()
         return answer.status, body, answer.headers
 
-    def _answer(self, method: str, params: dict[str, Any], now: float) -> _Answer:
-        faults = self._faults.get(method)
-        if faults:
-            kind, value = faults.popleft()
-            if kind == "fail":
-                return _Answer(200, {"ok": False, "error": str(value)})
-            return self._too_many(int(value))
-        limit = self._limits.get(method)
-        if limit is not None:
-            wait = self._take_token(limit, method, params, now)
-            if wait is not None:
-                return self._too_many(max(1, math.ceil(wait)))
+    def _token(self, params: dict[str, Any], headers: dict[str, str]) -> str:
+        authorization = headers.get("authorization", "")
+        if authorization.lower().startswith("bearer "):
+            return authorization[7:].strip()
+        return str(params.get("token") or "")
+
+    def _answer(
+        self, method: str, params: dict[str, Any], headers: dict[str, str], now: float
+    ) -> _Answer:
         handler = self._handlers.get(method)
         if handler is None:
             return _Answer(200, {"ok": False, "error": "unknown_method"})
+        token = self._token(params, headers)
+        kind = self._method_tokens.get(method, "bot")
+        if not token:
+            return _Answer(200, {"ok": False, "error": "not_authed"})
+        if token not in (self.bot_token, self.app_token):
+            return _Answer(200, {"ok": False, "error": "invalid_auth"})
+        granted = self.scopes if token == self.bot_token else self.app_scopes
+        extra = {"x-oauth-scopes": ",".join(sorted(granted))}
+        if (kind == "app") != (token == self.app_token):
+            return _Answer(200, {"ok": False, "error": "not_allowed_token_type"}, extra)
+        needed = (
+            self._method_scopes[method]
+            if method in self._method_scopes
+            else rules.needed_scope(method, params)
+        )
+        if needed and "scopes" not in self.loosened:
+            wanted = (needed,) if isinstance(needed, str) else needed
+            missing = [scope for scope in wanted if scope not in granted]
+            if missing:
+                return _Answer(
+                    200,
+                    {
+                        "ok": False,
+                        "error": "missing_scope",
+                        "needed": ",".join(missing),
+                        "provided": ",".join(sorted(granted)),
+                    },
+                    extra,
+                )
+        faults = self._faults.get(method)
+        if faults:
+            kind_, value = faults.popleft()
+            if kind_ == "fail":
+                return _Answer(200, {"ok": False, "error": str(value)}, extra)
+            return self._too_many(int(value))
+        limits = self._limits.get(method)
+        if limits:
+            wait = self._take_tokens(limits, params, now)
+            if wait is not None:
+                return self._too_many(max(1, math.ceil(wait)))
         try:
             result = handler(params)
         except _ApiError as e:
-            return _Answer(200, {"ok": False, "error": e.error})
-        return _Answer(200, {"ok": True, **result})
+            return _Answer(200, {"ok": False, "error": e.error, **e.fields}, extra)
+        return _Answer(200, {"ok": True, **result}, extra)
 
     def _too_many(self, retry_after: int) -> _Answer:
         self.rejected_429 += 1
@@ -533,20 +715,21 @@ class FakeSlack:
             429, {"ok": False, "error": "ratelimited"}, {"Retry-After": str(retry_after)}
         )
 
-    def _take_token(
-        self, limit: _Limit, method: str, params: dict[str, Any], now: float
+    def _take_tokens(
+        self, limits: list[_Limit], params: dict[str, Any], now: float
     ) -> float | None:
-        """Take a token; return None on success or the seconds until one is available."""
-        key = ""
-        if limit.per_channel:
-            key = _dm_channel(str(params.get("channel") or ""))
-        tokens, last = limit.buckets.get(key, (limit.burst, now))
-        tokens = min(limit.burst, tokens + (now - last) * limit.per_second)
-        if tokens >= 1.0:
-            limit.buckets[key] = (tokens - 1.0, now)
-            return None
-        limit.buckets[key] = (tokens, now)
-        return (1.0 - tokens) / limit.per_second
+        """Take a token from every bucket; None on success, else the seconds until all have
+        one (and nothing is taken)."""
+        levels = []
+        for limit in limits:
+            key = _dm_channel(str(params.get("channel") or "")) if limit.per_channel else ""
+            tokens, last = limit.buckets.get(key, (limit.burst, now))
+            tokens = min(limit.burst, tokens + (now - last) * limit.per_second)
+            levels.append((limit, key, tokens))
+        waits = [(1.0 - t) / limit.per_second for limit, _key, t in levels if t < 1.0]
+        for limit, key, tokens in levels:
+            limit.buckets[key] = (tokens if waits else tokens - 1.0, now)
+        return max(waits) if waits else None
 
     # ------------------------------------------------------------------ helpers
 
@@ -598,6 +781,42 @@ class FakeSlack:
         parent["reply_users_count"] = len(reply_users)
         parent["latest_reply"] = replies[-1]["ts"]
 
+    def _channel_info(self, channel: str) -> dict[str, Any] | None:
+        """Name and privacy of a known channel; channels only in ``channel_members`` count
+        as public ones named after their id. None for DMs and unknown ids."""
+        if channel in self.channels:
+            return self.channels[channel]
+        if channel in self.channel_members and channel[:1] in ("C", "G"):
+            return {
+                "name": channel.lower(),
+                "is_private": channel.startswith("G"),
+                "is_archived": False,
+            }
+        return None
+
+    def _bot_in(self, channel: str) -> bool:
+        return self.bot_user_id in self.channel_members.get(channel, [])
+
+    def _check_channel(self, channel: str, *, post: bool = False) -> None:
+        """What Slack checks before the bot posts to or reads a channel (not a DM)."""
+        if channel[:1] == "D":
+            user = self.users.get(channel[1:])
+            if user is None:
+                raise _ApiError("channel_not_found")
+            return
+        info = self._channel_info(channel)
+        if info is None:
+            raise _ApiError("channel_not_found")
+        if "membership" in self.loosened or self._bot_in(channel):
+            if post and info.get("is_archived"):
+                raise _ApiError("is_archived")
+            return
+        if info.get("is_private"):
+            raise _ApiError("channel_not_found")  # private channels are invisible from outside
+        if post and "chat:write.public" in self.scopes:
+            return
+        raise _ApiError("not_in_channel")
+
     def _post_channel(self, params: dict[str, Any]) -> str:
         channel = str(params.get("channel") or "")
         if not channel:
@@ -608,7 +827,34 @@ class FakeSlack:
                 raise _ApiError("channel_not_found")
             if user.get("is_bot"):
                 raise _ApiError("cannot_dm_bot")
-        return _dm_channel(channel)
+        channel = _dm_channel(channel)
+        self._check_channel(channel, post=True)
+        return channel
+
+    def _check_message(self, params: dict[str, Any], *, require: bool = True) -> None:
+        """Slack's checks of a message's text and blocks."""
+        has_content = params.get("text") or params.get("blocks") or params.get("attachments")
+        if require and not has_content:
+            raise _ApiError("no_text")
+        if "block_kit" in self.loosened:
+            return
+        if len(str(params.get("text") or "")) > rules.MAX_TEXT:
+            raise _ApiError("msg_too_long")
+        if params.get("blocks") is not None:
+            try:
+                rules.check_blocks(params["blocks"])
+            except rules.BlockError as e:
+                raise _ApiError("invalid_blocks", errors=[str(e)]) from e
+
+    def _with_block_ids(self, blocks: Any) -> Any:
+        """Slack gives every block without one a random block_id."""
+        if not isinstance(blocks, list):
+            return blocks
+        out = copy.deepcopy(blocks)
+        for block in out:
+            if isinstance(block, dict) and not block.get("block_id"):
+                block["block_id"] = secrets.token_urlsafe(4)
+        return out
 
     def _page(
         self, items: Sequence[T], params: dict[str, Any], default_limit: int | None
@@ -661,8 +907,7 @@ class FakeSlack:
 
     def _chat_post_message(self, params: dict[str, Any]) -> dict[str, Any]:
         channel = self._post_channel(params)
-        if not params.get("text") and not params.get("blocks") and not params.get("attachments"):
-            raise _ApiError("no_text")
+        self._check_message(params)
         message: dict[str, Any] = {
             "type": "message",
             "user": self.bot_user_id,
@@ -675,6 +920,8 @@ class FakeSlack:
         for key in ("blocks", "attachments", "metadata"):
             if params.get(key) is not None:
                 message[key] = copy.deepcopy(params[key])
+        if "blocks" in message:
+            message["blocks"] = self._with_block_ids(message["blocks"])
         thread_ts = params.get("thread_ts")
         if thread_ts:
             message["thread_ts"] = str(thread_ts)
@@ -689,8 +936,10 @@ class FakeSlack:
             raise _ApiError("channel_not_found")
         user = str(params.get("user") or "")
         self._user(user)
-        if not params.get("text") and not params.get("blocks") and not params.get("attachments"):
-            raise _ApiError("no_text")
+        self._check_channel(channel, post=True)
+        if channel[:1] != "D" and user not in self.channel_members.get(channel, []):
+            raise _ApiError("user_not_in_channel")
+        self._check_message(params)
         ts = self._next_ts()
         self.ephemeral.append(
             {
@@ -718,6 +967,7 @@ class FakeSlack:
         return channel, message
 
     def _chat_update(self, params: dict[str, Any]) -> dict[str, Any]:
+        self._check_message(params, require=False)
         channel, message = self._own_message(params, "ts", "cant_update_message")
         if "text" in params:
             message["text"] = str(params.get("text") or "")
@@ -727,6 +977,8 @@ class FakeSlack:
                     message.pop(key, None)
                 else:
                     message[key] = copy.deepcopy(params[key])
+        if "blocks" in message:
+            message["blocks"] = self._with_block_ids(message["blocks"])
         message["edited"] = {"user": self.bot_user_id, "ts": self._next_ts()}
         return {
             "channel": channel,
@@ -809,6 +1061,7 @@ class FakeSlack:
         channel = str(params.get("channel") or "")
         if not channel:
             raise _ApiError("channel_not_found")
+        self._check_channel(channel)
         top_level = [
             m
             for m in self.messages.get(channel, [])
@@ -827,6 +1080,7 @@ class FakeSlack:
         channel = str(params.get("channel") or "")
         if not channel:
             raise _ApiError("channel_not_found")
+        self._check_channel(channel)
         message = self._find_message(channel, str(params.get("ts") or ""))
         if message is None:
             raise _ApiError("thread_not_found")
@@ -847,13 +1101,25 @@ class FakeSlack:
 
     def _conversations_members(self, params: dict[str, Any]) -> dict[str, Any]:
         channel = str(params.get("channel") or "")
-        if channel not in self.channel_members:
+        info = self._channel_info(channel)
+        if info is None or (
+            info.get("is_private")
+            and not self._bot_in(channel)
+            and "membership" not in self.loosened
+        ):
             raise _ApiError("channel_not_found")
         page, next_cursor = self._page(self.channel_members[channel], params, 100)
         return {"members": page, "response_metadata": {"next_cursor": next_cursor}}
 
+    def _as_seen(self, user: dict[str, Any]) -> dict[str, Any]:
+        """A user object as the bot token sees it: no email without users:read.email."""
+        out = copy.deepcopy(user)
+        if "users:read.email" not in self.scopes and "scopes" not in self.loosened:
+            out.get("profile", {}).pop("email", None)
+        return out
+
     def _users_info(self, params: dict[str, Any]) -> dict[str, Any]:
-        user = copy.deepcopy(self._user(str(params.get("user") or "")))
+        user = self._as_seen(self._user(str(params.get("user") or "")))
         if _truthy(params.get("include_locale")):
             user["locale"] = "en-US"
         return {"user": user}
@@ -861,7 +1127,7 @@ class FakeSlack:
     def _users_list(self, params: dict[str, Any]) -> dict[str, Any]:
         page, next_cursor = self._page(list(self.users.values()), params, None)
         return {
-            "members": copy.deepcopy(page),
+            "members": [self._as_seen(user) for user in page],
             "cache_ts": int(time.time()),
             "response_metadata": {"next_cursor": next_cursor},
         }
@@ -870,7 +1136,7 @@ class FakeSlack:
         email = str(params.get("email") or "").strip().lower()
         for user in self.users.values():
             if email and str(user.get("profile", {}).get("email") or "").lower() == email:
-                return {"user": copy.deepcopy(user)}
+                return {"user": self._as_seen(user)}
         raise _ApiError("users_not_found")
 
     def _usergroups_users_list(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -894,8 +1160,21 @@ class FakeSlack:
         return {"view": copy.deepcopy(view)}
 
     def _views_open(self, params: dict[str, Any]) -> dict[str, Any]:
-        if not params.get("trigger_id") and not params.get("interactivity_pointer"):
+        trigger = str(params.get("trigger_id") or params.get("interactivity_pointer") or "")
+        if not trigger:
             raise _ApiError("invalid_arguments")
+        if "trigger_ids" not in self.loosened:
+            issued = self._triggers.pop(trigger, None)
+            if issued is None:
+                raise _ApiError("invalid_trigger_id")
+            if time.monotonic() - issued > TRIGGER_SECONDS:
+                raise _ApiError("expired_trigger_id")
+        view = params.get("view")
+        if isinstance(view, dict) and "block_kit" not in self.loosened:
+            try:
+                rules.check_blocks(view.get("blocks") or [], limit=rules.MAX_VIEW_BLOCKS)
+            except rules.BlockError as e:
+                raise _ApiError("invalid_arguments", errors=[str(e)]) from e
         return {"view": copy.deepcopy(self._new_view(params.get("view")))}
 
     def _views_update(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -935,6 +1214,119 @@ class FakeSlack:
                 {"name": name, "users": [self.bot_user_id], "count": 1}
             )
         return {}
+
+    def _conversation_object(self, channel: str) -> dict[str, Any]:
+        info = self._channel_info(channel) or {}
+        return {
+            "id": channel,
+            "name": info.get("name", channel.lower()),
+            "is_channel": not info.get("is_private", False),
+            "is_group": bool(info.get("is_private")),
+            "is_im": False,
+            "is_private": bool(info.get("is_private")),
+            "is_archived": bool(info.get("is_archived")),
+            "is_member": self._bot_in(channel),
+            "num_members": len(self.channel_members.get(channel, [])),
+        }
+
+    def _conversations_info(self, params: dict[str, Any]) -> dict[str, Any]:
+        channel = str(params.get("channel") or "")
+        if channel[:1] == "D":
+            if channel[1:] not in self.users:
+                raise _ApiError("channel_not_found")
+            return {"channel": {"id": channel, "is_im": True, "user": channel[1:]}}
+        info = self._channel_info(channel)
+        if info is None or (
+            info.get("is_private")
+            and not self._bot_in(channel)
+            and "membership" not in self.loosened
+        ):
+            raise _ApiError("channel_not_found")
+        return {"channel": self._conversation_object(channel)}
+
+    def _conversations_list(self, params: dict[str, Any]) -> dict[str, Any]:
+        types = {t.strip() for t in str(params.get("types") or "public_channel").split(",")}
+        ids = sorted(set(self.channels) | {c for c in self.channel_members if c[:1] in "CG"})
+        shown = []
+        for channel in ids:
+            info = self._channel_info(channel) or {}
+            private = bool(info.get("is_private"))
+            if private and ("private_channel" not in types or not self._bot_in(channel)):
+                continue
+            if not private and "public_channel" not in types:
+                continue
+            if info.get("is_archived") and _truthy(params.get("exclude_archived")):
+                continue
+            shown.append(self._conversation_object(channel))
+        page, next_cursor = self._page(shown, params, 100)
+        return {"channels": page, "response_metadata": {"next_cursor": next_cursor}}
+
+    def _conversations_join(self, params: dict[str, Any]) -> dict[str, Any]:
+        channel = str(params.get("channel") or "")
+        info = self._channel_info(channel)
+        if info is None or info.get("is_private"):
+            raise _ApiError("channel_not_found")
+        if info.get("is_archived"):
+            raise _ApiError("is_archived")
+        if not self._bot_in(channel):
+            self.channel_members.setdefault(channel, []).append(self.bot_user_id)
+        return {"channel": self._conversation_object(channel)}
+
+    def _respond(self, key: str, params: dict[str, Any]) -> _Answer:
+        """A post to a response_url: a new message, or the original replaced or deleted."""
+        issued = self._response_urls.get(key)
+        if issued is None:
+            return _Answer(404, {"ok": False, "error": "invalid_url"})
+        if "response_urls" not in self.loosened:
+            if time.monotonic() - issued["issued"] > RESPONSE_URL_SECONDS:
+                return _Answer(404, {"ok": False, "error": "expired_url"})
+            if issued["uses"] >= RESPONSE_URL_USES:
+                return _Answer(404, {"ok": False, "error": "used_url"})
+        issued["uses"] += 1
+        try:
+            self._check_message(params, require=not _truthy(params.get("delete_original")))
+        except _ApiError as e:
+            return _Answer(400, {"ok": False, "error": e.error, **e.fields})
+        channel, ts = issued["channel"], issued["message_ts"]
+        original = self._find_message(channel, ts) if ts else None
+        if _truthy(params.get("delete_original")):
+            if original is not None:
+                self.messages[channel].remove(original)
+            return _Answer(200, {"ok": True})
+        if _truthy(params.get("replace_original")) and not issued["ephemeral"]:
+            if original is None:
+                return _Answer(404, {"ok": False, "error": "message_not_found"})
+            original["text"] = str(params.get("text") or "")
+            if params.get("blocks") is not None:
+                original["blocks"] = self._with_block_ids(params["blocks"])
+            else:
+                original.pop("blocks", None)
+            original["edited"] = {"user": self.bot_user_id, "ts": self._next_ts()}
+            return _Answer(200, {"ok": True})
+        if _truthy(params.get("replace_original")) or params.get("response_type") != "in_channel":
+            self.ephemeral.append(
+                {
+                    "channel": channel,
+                    "user": issued["user"],
+                    "text": params.get("text") or "",
+                    "blocks": copy.deepcopy(params.get("blocks")),
+                    "thread_ts": params.get("thread_ts"),
+                    "message_ts": self._next_ts(),
+                    "replaces": ts if _truthy(params.get("replace_original")) else None,
+                }
+            )
+            return _Answer(200, {"ok": True})
+        message: dict[str, Any] = {
+            "type": "message",
+            "user": self.bot_user_id,
+            "bot_id": self.bot_id,
+            "text": str(params.get("text") or ""),
+            "ts": self._next_ts(),
+        }
+        if params.get("blocks") is not None:
+            message["blocks"] = self._with_block_ids(params["blocks"])
+        self._store_message(channel, message)
+        return _Answer(200, {"ok": True})
 
 
 # ---------------------------------------------------------------------- module helpers
@@ -978,12 +1370,17 @@ def _decode_cursor(cursor: str) -> int:
         raise _ApiError("invalid_cursor") from e
 
 
-def _parse_params(query: str, raw: bytes, content_type: str) -> dict[str, Any]:
-    """Query string + JSON or form body; JSON-encoded form fields (blocks, view...) decoded."""
+def _parse_params(
+    query: str, raw: bytes, content_type: str, *, ignore_json: bool = False
+) -> dict[str, Any]:
+    """Query string + JSON or form body; JSON-encoded form fields (blocks, view...) decoded.
+    With ``ignore_json`` a JSON body is dropped, as Slack's read methods do."""
     params: dict[str, Any] = dict(parse_qsl(query, keep_blank_values=True))
     media_type = content_type.split(";")[0].strip().lower()
     if raw:
-        if media_type == "application/json":
+        if media_type == "application/json" and ignore_json:
+            pass
+        elif media_type == "application/json":
             data = json.loads(raw.decode("utf-8"))
             if not isinstance(data, dict):
                 raise ValueError("JSON body is not an object")

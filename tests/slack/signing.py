@@ -136,6 +136,7 @@ def block_action(
     thread_ts: str | None = None,
     team_id: str = "T1",
     response_url: str = UNROUTABLE_RESPONSE_URL,
+    trigger_id: str = "111.222.abc",
 ) -> dict[str, Any]:
     """A realistic ``block_actions`` payload for a button clicked on a bot message.
 
@@ -171,7 +172,7 @@ def block_action(
         "api_app_id": "A1",
         "token": "legacy-verification-token",
         "container": container,
-        "trigger_id": "111.222.abc",
+        "trigger_id": trigger_id,
         "team": {"id": team_id, "domain": "example"},
         "enterprise": None,
         "is_enterprise_install": False,

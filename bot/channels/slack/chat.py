@@ -42,10 +42,19 @@ def slack_error_code(exc: Exception) -> str:
     return type(exc).__name__
 
 
+# Slack takes JSON bodies only for write methods; read methods ignore them and want form
+# arguments (users.*, conversations.members/history/info, usergroups.users.list, …).
+_JSON_METHODS = ("chat.", "views.")
+
+
 def call(client: WebClient, method: str, **kwargs: Any) -> dict[str, Any] | None:
-    """Call a Web API method; on failure log `method: code` and return None."""
+    """Call a Web API method; on failure log `method: code` and return None. Write methods
+    (`chat.*`, `views.*`) send a JSON body; every other method sends form arguments."""
     try:
-        response = client.api_call(method, json=kwargs)
+        if method.startswith(_JSON_METHODS):
+            response = client.api_call(method, json=kwargs)
+        else:
+            response = client.api_call(method, data=kwargs)
         return dict(response.data) if isinstance(response.data, dict) else {}
     except (SlackApiError, SlackClientError, OSError) as exc:
         code = slack_error_code(exc)

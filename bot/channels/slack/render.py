@@ -22,7 +22,7 @@ from slack_sdk.models.blocks import (
     StaticSelectElement,
 )
 
-from bot.core.messages import Button, Control, Message, Select
+from bot.core.messages import Button, Control, Link, Mention, Message, Select, Span, Text
 
 SECTION_LIMIT = 3000  # characters of text in one section block
 CONTEXT_LIMIT = 10  # elements in one context block
@@ -67,8 +67,13 @@ def markdown_to_mrkdwn(text: str) -> str:
     return re.sub("\x00(\\d+)\x00", lambda m: kept[int(m.group(1))], text)
 
 
+# What a cut must not fall inside: an entity (`&amp;`) or a Slack token (`<url|label>`).
+_UNSPLITTABLE = re.compile(r"&(?:amp|lt|gt);|<[^<>\n]*>")
+
+
 def split_text(text: str, limit: int = SECTION_LIMIT) -> list[str]:
-    """Cut text into pieces of at most `limit` characters, at paragraph, line or word ends."""
+    """Cut text into pieces of at most `limit` characters, at paragraph, line or word ends,
+    never inside an entity or a Slack token."""
     pieces: list[str] = []
     while len(text) > limit:
         cut = max(
@@ -76,6 +81,10 @@ def split_text(text: str, limit: int = SECTION_LIMIT) -> list[str]:
         )
         if cut <= limit // 2:
             cut = limit
+        for token in _UNSPLITTABLE.finditer(text, max(0, cut - limit), cut + 1):
+            if token.start() < cut < token.end() and token.start() > 0:
+                cut = token.start()
+                break
         pieces.append(text[:cut].rstrip())
         text = text[cut:].lstrip()
     if text:
@@ -87,13 +96,46 @@ def _plain(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def spans_to_mrkdwn(spans: tuple[Span, ...]) -> str:
+    """Chat text with its links and mentions; everything else escaped."""
+    out: list[str] = []
+    for span in spans:
+        if isinstance(span, Link):
+            url = span.url.replace("&", "&amp;")
+            if _SAFE_URL.match(span.url) and not any(c in span.url for c in "<>| \n"):
+                label = escape(span.label).replace("|", "¦")
+                out.append(f"<{url}|{label}>" if span.label else f"<{url}>")
+            else:
+                out.append(escape(span.label or span.url))
+        elif isinstance(span, Mention):
+            if re.fullmatch(r"[UW][A-Z0-9]+", span.id):
+                out.append(f"<@{span.id}>")
+            elif re.fullmatch(r"[CG][A-Z0-9]+", span.id):
+                out.append(f"<#{span.id}>")
+            else:
+                out.append(escape(f"@{span.label or span.id}"))
+        else:
+            out.append(escape(span))
+    return "".join(out)
+
+
+_SAFE_URL = re.compile(r"^(?:https?|mailto):", re.IGNORECASE)
+
+
+def _mrkdwn(part: Text) -> str:
+    if part.trusted:
+        return markdown_to_mrkdwn(part.body)
+    return spans_to_mrkdwn(part.spans) if part.spans else escape(part.body)
+
+
 def to_blocks(message: Message) -> list[Block]:
     """Block Kit blocks for a message, every limit respected (long text split, extras dropped)."""
     blocks: list[Block] = []
     for part in message.parts:
-        body = markdown_to_mrkdwn(part.body) if part.trusted else escape(part.body)
-        for piece in split_text(body):
-            blocks.append(SectionBlock(text=MarkdownTextObject(text=piece)))
+        # verbatim: Slack links nothing in what a person wrote that they did not link.
+        for piece in split_text(_mrkdwn(part)):
+            text = MarkdownTextObject(text=piece, verbatim=None if part.trusted else True)
+            blocks.append(SectionBlock(text=text))
     for number, row in enumerate(message.rows):
         if row.text:
             text = _plain(markdown_to_mrkdwn(row.text), SECTION_LIMIT)

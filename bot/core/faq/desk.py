@@ -34,6 +34,8 @@ from bot.core.messages import (
     Chat,
     Message,
     Posted,
+    Span,
+    markdown_of,
     mention,
     say,
     user_text,
@@ -302,9 +304,17 @@ class FaqDesk:
         return escalation
 
     def relay_reply(
-        self, *, channel: str, thread_ts: str, user_id: str, text: str, chat: Chat
+        self,
+        *,
+        channel: str,
+        thread_ts: str,
+        user_id: str,
+        text: str | tuple[Span, ...],
+        chat: Chat,
     ) -> bool:
-        """A supporter's reply in a ticket thread goes to the asker; False when not a ticket."""
+        """A supporter's reply in a ticket thread goes to the asker, links and mentions kept;
+        False when not a ticket."""
+        spans: tuple[Span, ...] = (text,) if isinstance(text, str) else text
         with Session(self.db) as session:
             escalation = session.exec(
                 select(Escalation).where(
@@ -313,7 +323,7 @@ class FaqDesk:
             ).first()
             if escalation is None:
                 return False
-            escalation.last_reply = text
+            escalation.last_reply = markdown_of(spans)
             if escalation.state == "open":
                 escalation.state, escalation.claimed_by = "claimed", user_id
             escalation.updated_at = utcnow()
@@ -322,7 +332,7 @@ class FaqDesk:
             session.refresh(escalation)
         chat.post(
             Address(escalation.asker_channel, escalation.asker_thread_ts or None),
-            say(f"{mention(user_id)} from the support team replied:", user_text(text)),
+            say(f"{mention(user_id)} from the support team replied:", user_text(spans)),
         )
         chat.update(
             Posted(escalation.support_channel, escalation.support_ts), self._ticket(escalation)

@@ -38,7 +38,10 @@ EMAILS = "name,email\nAlice,alice@example.com\nChika,CHIKA@example.com\nNobody,n
 def slack() -> Iterator[FakeSlack]:
     with FakeSlack() as fake:
         fake.add_user("U7", name="gus", real_name="Gus Guest", is_restricted=True)
-        fake.channel_members["C1"] = ["U1", "U2", "U7", "U9"]  # a guest and a deactivated user
+        # A guest and a deactivated user; the bot is not in it (it only reads its members).
+        fake.add_channel("C1", name="general", members=["U1", "U2", "U7", "U9"], bot=False)
+        # Announcement channel: someone typed /invite @Mobilize there.
+        fake.add_channel("C2", name="compass-news", members=["U1", "U2"])
         fake.usergroup_members["S1"] = ["U2", "U3", "UBOT"]
         yield fake
 

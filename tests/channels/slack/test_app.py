@@ -24,6 +24,7 @@ from tests.auxil.running import (
     running_bot,
 )
 from tests.slack.fake_slack import FakeSlack
+from tests.slack.rules import encode_text
 from tests.slack.signing import SIGNING_SECRET, event_body, post, signed_headers
 
 ANSWERABLE = "How do I reset my Compass password?"
@@ -197,7 +198,8 @@ def test_escalation_round_trip(bot: RunningBot, slack: FakeSlack, content_dir: P
     bot.click(button(offer, "Ask a person"))
     ticket = posts(slack, SUPPORT)[0]
     ticket_text = block_text(ticket.params["blocks"])
-    assert "&lt;!channel&gt;" in ticket_text and "<!channel>" not in json.dumps(ticket.params)
+    # Slack sent a real broadcast token: it reaches the ticket as words that ping nobody.
+    assert "@channel zebra" in ticket_text and "<!channel>" not in json.dumps(ticket.params)
     assert "<@U1>" in ticket_text
     ticket_ts = ticket.response["ts"]
     confirmation = posts(slack, "DU1", count=2)[1]
@@ -214,14 +216,29 @@ def test_escalation_round_trip(bot: RunningBot, slack: FakeSlack, content_dir: P
         "channel": SUPPORT,
         "channel_type": "channel",
         "user": "U2",
-        "text": "Use the kiosk in the canteen <!here>",
+        "text": encode_text(
+            "Use the kiosk in the canteen <!here> & see <https://wiki.example.com/kiosk?a=1&b=2|the kiosk page>, "
+            "ask <@U3> in <#C1|general>; typed: <b>&amp;</b>"
+        ),
         "ts": "1700000400.000200",
         "thread_ts": ticket_ts,
     }
     bot.send_event(reply)
     relayed = posts(slack, "DU1", count=3)[2]
     relayed_text = block_text(relayed.params["blocks"])
-    assert "Use the kiosk in the canteen &lt;!here&gt;" in relayed_text and "<@U2>" in relayed_text
+    assert "<@U2>" in relayed_text
+    # Decoded once and re-escaped once: the link, the mentions and the `&` survive; the
+    # broadcast is words; what the supporter typed literally stays literal.
+    assert (
+        "Use the kiosk in the canteen @here &amp; see "
+        "<https://wiki.example.com/kiosk?a=1&amp;b=2|the kiosk page>, ask <@U3> in <#C1>; "
+        "typed: &lt;b&gt;&amp;amp;&lt;/b&gt;"
+    ) in relayed_text
+    assert "<!here>" not in json.dumps(relayed.params)
+    user_section = next(
+        b for b in relayed.params["blocks"] if "kiosk" in b.get("text", {}).get("text", "")
+    )
+    assert user_section["text"]["verbatim"] is True
 
     bot.click(
         button(claimed.params["blocks"], "Save as FAQ"),

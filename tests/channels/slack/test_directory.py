@@ -31,7 +31,10 @@ def _kind(n: int) -> dict[str, Any]:
 
 @pytest.fixture
 def slack() -> Iterator[FakeSlack]:
-    with FakeSlack() as fake:
+    # Loosened: these tests page a small workspace in 300-user pages to count the calls;
+    # at Slack's Tier 2 (20 users.list calls a minute) each would wait for minutes.
+    # test_tier_2_users_list_is_paced_by_retries keeps the limit on.
+    with FakeSlack(loosen={"rate_limits"}) as fake:
         for n in range(WORKSPACE):
             fake.add_user(f"U{n:05d}", name=f"user{n}", real_name=f"User {n}", **_kind(n))
         # Slack lists Slackbot as a user with is_bot false.
@@ -213,3 +216,18 @@ def test_to_person_fallbacks() -> None:
     assert (bare.name, bare.first_name, bare.tz, bare.email) == ("Jo Doe", "Jo", None, None)
     nameless = to_person({"id": "U8", "name": "x9", "profile": {}})
     assert (nameless.name, nameless.first_name) == ("x9", "x9")
+
+
+def test_tier_2_users_list_is_paced_by_retries(tmp_path: Path) -> None:
+    """With Slack's real tiers on, the bot's client (which honours Retry-After) lists a
+    workspace of many pages completely."""
+    from bot.channels.slack.chat import make_client
+
+    with FakeSlack() as fake:
+        for n in range(60):
+            fake.add_user(f"U{n:05d}", name=f"user{n}")
+        client = make_client(token="xoxb-test-token", base_url=fake.url, max_retries=3)
+        client.proxy = None
+        people = list(SlackDirectory(client, page_size=12).everyone())
+    assert len({p.id for p in people}) == len(fake.users)
+    assert fake.rejected_429 >= 1  # the tier was hit and waited out, not ignored
