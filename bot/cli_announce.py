@@ -21,7 +21,7 @@ from sqlmodel import Session, col, select
 from bot.config import Settings, get_settings
 from bot.core.announcements import sends
 from bot.core.announcements.announcer import Announcer
-from bot.core.announcements.audience import AudienceError, resolve
+from bot.core.announcements.audience import INVITE_HINT, NOT_IN_CHANNEL, AudienceError, resolve
 from bot.core.announcements.plan import occurrences, parse_audience
 from bot.core.announcements.templates import (
     SAMPLE_USER,
@@ -81,6 +81,7 @@ def plan_command(
     table = Table("due (rollout time)", "announcement", "template", "audience", "size")
     zone = content.rollout.zone
     cache: dict[tuple[str, ...], str] = {}
+    outside: set[str] = set()
     for occurrence in found:
         announcement = content.plan.get(occurrence.announcement_id)
         assert announcement is not None
@@ -93,6 +94,7 @@ def plan_command(
                         list(key), announcer.directory, content_dir=settings.content_dir
                     )
                     cache[key] = audience.summary()
+                    outside.update(e.who for e in audience.excluded if e.reason == NOT_IN_CHANNEL)
                 except AudienceError as exc:
                     cache[key] = f"error: {exc}"
             size = cache[key]
@@ -103,6 +105,11 @@ def plan_command(
             when, announcement.id, announcement.template, ", ".join(announcement.audience), size
         )
     console.print(table if found else f"Nothing planned in the next {days} days.")
+    if outside:
+        console.print(
+            f"[red]The bot is not in {', '.join(sorted(outside))}[/red]: nothing will be posted "
+            f"there until someone {INVITE_HINT.removeprefix('type ')} (`/invite @Mobilize`)."
+        )
 
 
 @app.command("preview")
@@ -181,6 +188,8 @@ def send_command(
         if audience.excluded:
             shown = ", ".join(f"{e.who} ({e.reason})" for e in audience.excluded[:10])
             console.print(f"Left out: {shown}{' …' if len(audience.excluded) > 10 else ''}")
+        if any(e.reason == NOT_IN_CHANNEL for e in audience.excluded):
+            console.print(f"To post in those channels, {INVITE_HINT}.")
     if dry_run:
         return
     when = _parse_when(at, announcer.content.rollout.timezone)

@@ -87,6 +87,20 @@ class SlackDirectory:
         )
         return to_person(response["user"]) if response is not None else None
 
+    def can_post(self, channel: str) -> bool:
+        """Whether the bot is a member of the channel (Slack refuses posts otherwise:
+        `not_in_channel`). A private channel it is not in looks like `channel_not_found`."""
+        response = self._find(
+            "conversations.info",
+            self.client.conversations_info,
+            "channel_not_found",
+            channel=channel,
+        )
+        if response is None:
+            return False
+        info = response.get("channel") or {}
+        return bool(info.get("is_member")) and not info.get("is_archived")
+
     # ------------------------------------------------------------------ calls
 
     def _pages(

@@ -17,7 +17,7 @@ from sqlalchemy import Engine, update
 from sqlmodel import Session, col, select
 
 from bot.core.announcements import sends
-from bot.core.announcements.audience import Directory
+from bot.core.announcements.audience import INVITE_HINT, NOT_IN_CHANNEL, Directory
 from bot.core.announcements.plan import Plan, load_plan
 from bot.core.announcements.templates import (
     CHANNEL_AUDIENCE,
@@ -231,6 +231,7 @@ class Announcer:
             )
         found = counts(self.db, send_id)
         total = sum(v for k, v in found.items() if k != "acknowledged")
+        excluded = json.loads(send.excluded or "[]")
         return {
             "id": send_id,
             "state": send.state,
@@ -243,13 +244,16 @@ class Announcer:
             "acknowledged": found["acknowledged"],
             "deleted": found.get("deleted", 0),
             "failures": dict(failures.most_common()),
-            "excluded": len(json.loads(send.excluded or "[]")),
+            "excluded": len(excluded),
+            "outside": [str(who) for who, reason in excluded if reason == NOT_IN_CHANNEL],
         }
 
     def report_message(self, send_id: int) -> Message:
         status = self.status(send_id)
         template = self.content.templates.get(str(status["template"]))
         title = template.title if template else str(status["template"])
+        if "{" in title:  # the title is written per person: name the template instead
+            title = f"`{status['template']}`"
         sent, failed = int(str(status["sent"])), int(str(status["failed"]))
         acked = int(str(status["acknowledged"]))
         failures = status["failures"]
@@ -263,6 +267,10 @@ class Announcer:
             lines.append(
                 "• Failures: " + ", ".join(f"`{code}` ×{n}" for code, n in failures.items())
             )
+        outside = status.get("outside")
+        if isinstance(outside, list) and outside:
+            channels = ", ".join(f"<#{channel}>" for channel in outside)
+            lines.append(f"• Not posted in {channels}: the bot is not in it; {INVITE_HINT}.")
         if template and template.ack:
             share = f"{100 * acked / sent:.0f}%" if sent else "—"
             lines.append(f"• Acknowledged: {acked:,} of {sent:,} ({share})")

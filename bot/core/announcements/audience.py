@@ -45,19 +45,23 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from bot.core.announcements.plan import parse_audience
 
 # More individual lookups than this and the whole workspace is listed once instead: a listing
 # page holds up to 1,000 people, one lookup holds one.
 LOOKUP_LIMIT = 50
+T = TypeVar("T")
 
 BOT = "bot"
 DEACTIVATED = "deactivated"
 GUEST = "guest"
 NOT_FOUND = "not found"
 INVALID_EMAIL = "invalid email"
+NOT_IN_CHANNEL = "bot not in channel"
+# What to do about a channel the bot cannot post in.
+INVITE_HINT = "type /invite @Mobilize in each channel the bot is not in"
 # The order reasons appear in `Audience.summary()`, with their singular and plural forms.
 REASONS: dict[str, tuple[str, str]] = {
     BOT: ("bot", "bots"),
@@ -65,6 +69,7 @@ REASONS: dict[str, tuple[str, str]] = {
     GUEST: ("guest", "guests"),
     NOT_FOUND: ("not found", "not found"),
     INVALID_EMAIL: ("invalid email", "invalid emails"),
+    NOT_IN_CHANNEL: ("channel the bot is not in", "channels the bot is not in"),
 }
 
 _EMAIL_HEADERS = frozenset({"email", "e-mail", "email address", "e-mail address"})
@@ -109,6 +114,10 @@ class Directory(Protocol):
 
     def by_email(self, email: str) -> Person | None:
         """One person by email address; None when no user has it."""
+        ...
+
+    def can_post(self, channel: str) -> bool:
+        """Whether the bot may post in the channel (it is a member of it)."""
         ...
 
 
@@ -230,8 +239,12 @@ def resolve(
     for source in sources:
         guests_welcome = include_guests or source.guests_welcome
         if source.kind == "channel":
-            if source.arg not in channels:
+            if source.arg in channels or source.arg in excluded:
+                continue
+            if _ask(source.part, "looking up the channel", directory.can_post, source.arg):
                 channels.append(source.arg)
+            else:
+                excluded[source.arg] = NOT_IN_CHANNEL
         elif source.kind == "everyone":
             for person in book.everyone:
                 consider(person, guests_welcome)
@@ -307,7 +320,7 @@ def _first_part(sources: list[_Source], names: Callable[[_Source], list[str]]) -
     return found
 
 
-def _ask(part: str, doing: str, method: Callable[[str], list[str]], arg: str) -> list[str]:
+def _ask(part: str, doing: str, method: Callable[[str], T], arg: str) -> T:
     """Call a directory method, naming `part` in any DirectoryError."""
     try:
         return method(arg)

@@ -5,6 +5,7 @@ test is deterministic; FakeSlack records what Slack would have received."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -413,6 +414,43 @@ def test_an_admin_gets_a_preview_and_anyone_else_an_answer(
     )
     text = block_text(replies[1].params["blocks"])
     assert "No template `no-such-thing`" in text and "go-live-day" in text
+
+
+def test_a_member_of_the_admin_group_is_an_admin(
+    database_url: str, content_dir: Path, slack: FakeSlack
+) -> None:
+    """With exactly the manifest's scopes, MOBILIZE_ADMIN_GROUP resolves (usergroups:read,
+    form arguments) and its members may preview."""
+    slack.usergroup_members["S0ADMINS"] = ["U2"]
+    settings = bot_settings(
+        database_url=database_url,
+        content_dir=content_dir,
+        slack=slack,
+        MOBILIZE_ADMINS="",
+        MOBILIZE_ADMIN_GROUP="S0ADMINS",
+    )
+    with running_bot(settings, slack) as running:
+        running.dm("preview go-live-day", user="U2")
+        (preview,) = slack.wait_for(
+            "chat.postMessage", where=lambda c: c.params["channel"] == "DU2"
+        )
+    assert "Preview of `go-live-day`" in block_text(preview.params["blocks"])
+    (lookup,) = slack.calls_to("usergroups.users.list")
+    assert lookup.ok and lookup.params["usergroup"] == "S0ADMINS"
+
+
+def test_a_channel_the_bot_is_not_in_is_left_out_and_named(
+    bot: RunningBot, slack: FakeSlack
+) -> None:
+    slack.add_channel("C3", name="warehouse", members=["U1"], bot=False)
+    send(bot, "go-live-day", "channel:C3", "channel:C2")
+    deliver(bot)
+    assert [c.params["channel"] for c in copies(slack)] == ["C2"]
+    assert not [c for c in slack.calls_to("chat.postMessage") if c.params["channel"] == "C3"]
+    (report,) = reports(slack, OWNER)
+    assert "channel the bot is not in" in report.params["text"] + json.dumps(
+        report.params.get("blocks")
+    )
 
 
 # --- crash recovery ------------------------------------------------------------------------------

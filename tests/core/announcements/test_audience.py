@@ -11,6 +11,7 @@ import pytest
 
 from bot.core.announcements.audience import (
     LOOKUP_LIMIT,
+    NOT_IN_CHANNEL,
     Audience,
     AudienceError,
     Directory,
@@ -44,6 +45,7 @@ class FakeDirectory:
     groups: dict[str, list[str]] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
+    outside: set[str] = field(default_factory=set)  # channels the bot is not in
 
     def _record(self, method: str) -> None:
         self.calls.append(method)
@@ -73,6 +75,10 @@ class FakeDirectory:
     def by_email(self, email: str) -> Person | None:
         self._record("by_email")
         return next((p for p in self.people if p.email == email), None)
+
+    def can_post(self, channel: str) -> bool:
+        self._record("can_post")
+        return channel not in self.outside
 
     def count(self, method: str) -> int:
         return Counter(self.calls)[method]
@@ -137,14 +143,14 @@ def test_include_guests_keeps_guests_of_everyone(directory: FakeDirectory, tmp_p
     ]
 
 
-def test_channel_is_posted_in_once_without_lookups(
+def test_channel_is_posted_in_once_without_member_lookups(
     directory: FakeDirectory, tmp_path: Path
 ) -> None:
     audience = run(["channel:C1", "channel:C2", "channel:C1"], directory, tmp_path)
     assert audience.channels == ("C1", "C2")
     assert audience.people == ()
     assert audience.size == 2
-    assert directory.calls == []
+    assert directory.calls == ["can_post", "can_post"]  # membership only, once per channel
 
 
 def test_members_of_a_channel_leave_out_bots_and_guests(
@@ -394,3 +400,11 @@ def test_invalid_audience_text(directory: FakeDirectory, tmp_path: Path) -> None
         run(["members:#general"], directory, tmp_path)
     assert caught.value.code == "invalid_audience"
     assert not isinstance(caught.value, DirectoryError)
+
+
+def test_a_channel_the_bot_is_not_in_is_left_out_with_the_fix(tmp_path: Path) -> None:
+    directory = FakeDirectory(people=[], outside={"C9"})
+    audience = resolve(["channel:C1", "channel:C9"], directory, content_dir=tmp_path)
+    assert audience.channels == ("C1",)
+    assert audience.excluded == (Excluded("C9", NOT_IN_CHANNEL),)
+    assert audience.summary() == "1 channel; left out: 1 channel the bot is not in"

@@ -78,6 +78,9 @@ class Directory:
             raise DirectoryError("channel_not_found")
         return self.channels[channel]
 
+    def can_post(self, channel: str) -> bool:
+        return True
+
     def group_members(self, group: str) -> list[str]:
         raise DirectoryError("no_such_subteam")
 
