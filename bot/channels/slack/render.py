@@ -134,8 +134,8 @@ def to_blocks(message: Message) -> list[Block]:
     for part in message.parts:
         # verbatim: Slack links nothing in what a person wrote that they did not link.
         for piece in split_text(_mrkdwn(part)):
-            text = MarkdownTextObject(text=piece, verbatim=None if part.trusted else True)
-            blocks.append(SectionBlock(text=text))
+            shown = MarkdownTextObject(text=piece, verbatim=None if part.trusted else True)
+            blocks.append(SectionBlock(text=shown))
     for number, row in enumerate(message.rows):
         if row.text:
             text = _plain(markdown_to_mrkdwn(row.text), SECTION_LIMIT)
