@@ -167,6 +167,21 @@ def check() -> None:
     )
 
 
+@app.command()
+def doctor(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Check the Slack setup: tokens, signing secret, scopes, channels and groups; exits
+    non-zero when something needs fixing, and says how."""
+    from bot.doctor import diagnose, render
+
+    report = diagnose(_settings())
+    if as_json:
+        print(json.dumps(report.as_json(), indent=2))
+    else:
+        render(report, console)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Apply database migrations (also done on every start)."""
