@@ -1164,11 +1164,14 @@ class FakeSlack:
         if not trigger:
             raise _ApiError("invalid_arguments")
         if "trigger_ids" not in self.loosened:
-            issued = self._triggers.pop(trigger, None)
+            issued = self._triggers.get(trigger)
             if issued is None:
                 raise _ApiError("invalid_trigger_id")
+            if math.isnan(issued):  # Slack: "already exchanged in a previous call"
+                raise _ApiError("exchanged_trigger_id")
             if time.monotonic() - issued > TRIGGER_SECONDS:
                 raise _ApiError("expired_trigger_id")
+            self._triggers[trigger] = math.nan  # exchanged: a trigger_id opens one view
         view = params.get("view")
         if isinstance(view, dict) and "block_kit" not in self.loosened:
             try:

@@ -217,9 +217,9 @@ def check_blocks(blocks: Any, *, limit: int = MAX_BLOCKS) -> None:
     if len(blocks) > limit:
         raise BlockError("/blocks", f"must contain at most {limit} items")
     block_ids: set[str] = set()
-    action_ids: set[str] = set()
     for index, block in enumerate(blocks):
         path = f"/blocks/{index}"
+        action_ids: set[str] = set()  # an action_id is unique within its containing block
         if not isinstance(block, dict) or block.get("type") not in BLOCK_TYPES:
             raise BlockError(f"{path}/type", "unknown or missing block type")
         block_id = block.get("block_id")
