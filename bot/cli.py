@@ -12,6 +12,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
@@ -62,10 +63,27 @@ def main() -> None:
 
 def _settings() -> Settings:
     settings = get_settings()
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    setup_logging(settings.log_level)
     return settings
+
+
+# Libraries that log request and response bodies (survey clicks carry answers, updates carry
+# the message with them) or SQL with its parameters: never below INFO, whatever the level.
+# SQLAlchemy logs every statement at INFO, so it is held at WARNING.
+PAYLOAD_LOGGERS = {
+    "slack_sdk": logging.INFO,
+    "slack_bolt": logging.INFO,
+    "urllib3": logging.INFO,
+    "websocket": logging.INFO,
+    "sqlalchemy": logging.WARNING,
+}
+
+
+def setup_logging(level: str) -> None:
+    """The bot's logging at `level`, with payload-logging libraries held above DEBUG."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name, floor in PAYLOAD_LOGGERS.items():
+        logging.getLogger(name).setLevel(max(floor, logging.getLevelName(level)))
 
 
 def _db(settings: Settings) -> Engine:
@@ -100,30 +118,43 @@ def run(
     host: Annotated[str, typer.Option(help="Address to listen on in HTTP mode.")] = "0.0.0.0",
 ) -> None:
     """Run the bot: Socket Mode when SLACK_APP_TOKEN is set and --http is not given, else HTTP."""
+    from bot.channels.slack.socket_mode import SlackStartError, SocketMode, check_bot_token
+    from bot.service import Service, slack_client
+
     settings = _settings()
     socket_mode = bool(settings.slack_app_token) and not http
     settings.require_slack(socket_mode=socket_mode)
-    from bot.service import Service
-
-    service = Service(settings)
-    service.watch_content()
-    service.sync_learned()
-    service.start_announcements()
-    if socket_mode:
-        from slack_bolt.adapter.socket_mode import SocketModeHandler
-
-        handler = SocketModeHandler(service.app, settings.slack_app_token)
-        service.ready.set()
-        console.print("Mobilize is running in Socket Mode. Ctrl-C stops it.")
-        handler.start()
-    else:
-        server = service.http_server(port=port, host=host)
-        service.ready.set()
-        console.print(
-            f"Mobilize is listening on http://{host}:{server.port}/slack/events "
-            "(and /healthz, /metrics)."
-        )
-        server.serve_forever()
+    service: Service | None = None
+    try:
+        check_bot_token(slack_client(settings, max_retries=1))
+        service = Service(settings)
+        link = SocketMode(service.app, app_token=settings.slack_app_token) if socket_mode else None
+        if link is not None:
+            link.connect()  # before anything is sent: a refused app token ends the run here
+        service.watch_content()
+        service.sync_learned()
+        service.start_announcements()
+        if link is not None:
+            service.ready.set()
+            console.print("Mobilize is running in Socket Mode. Ctrl-C stops it.")
+            try:
+                link.serve_forever()
+            finally:
+                link.close()
+        else:
+            server = service.http_server(port=port, host=host)
+            service.ready.set()
+            console.print(
+                f"Mobilize is listening on http://{host}:{server.port}/slack/events "
+                "(and /healthz, /metrics)."
+            )
+            server.serve_forever()
+    except SlackStartError as exc:
+        err.print(f"[red]Slack problem:[/red] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(2) from None
+    finally:
+        if service is not None:
+            service.stop()
 
 
 @app.command()
