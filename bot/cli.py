@@ -165,9 +165,11 @@ def chat(
 ) -> None:
     """Chat with the bot in the terminal; reads questions from stdin when piped."""
     from bot.channels.console import run_chat
+    from bot.core.conversation import Conversation
 
     settings = _settings()
-    run_chat(_desk(settings, semantic=not lexical))
+    desk = _desk(settings, semantic=not lexical)
+    run_chat(Conversation(desk=desk, support_channel=settings.support_channel))
 
 
 @app.command()
