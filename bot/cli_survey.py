@@ -6,6 +6,7 @@ import csv
 import getpass
 import json
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -18,13 +19,21 @@ from bot.config import get_settings
 from bot.core.announcements.plan import parse_audience
 from bot.core.content import ContentErrors
 from bot.core.surveys.definitions import MAX_OPEN_DAYS, Survey
-from bot.core.surveys.report import SUPPRESSED, run_results, runs_of, trend_results
+from bot.core.surveys.privacy import SecretMissing, WrongSecret, create_secret_file
+from bot.core.surveys.report import (
+    SUPPRESSED,
+    export_rows,
+    run_results,
+    runs_of,
+    trend_results,
+)
+from bot.core.surveys.results import UNKNOWN
 from bot.core.surveys.runner import SurveyRunner
 from bot.store.audit import record
 from bot.store.models import SurveyInvitation, SurveyResponse, SurveyRun
 
 app = typer.Typer(
-    help="Pulse surveys: start, close, status, results, export.", no_args_is_help=True
+    help="Pulse surveys: start, close, status, results, export, share.", no_args_is_help=True
 )
 console = Console()
 
@@ -97,7 +106,12 @@ def start_command(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     actor = by or f"cli:{getpass.getuser()}"
-    run_id = runner.start_adhoc(survey_id=survey_id, audience=audience, by=actor, open_days=days)
+    try:
+        run_id = runner.start_adhoc(
+            survey_id=survey_id, audience=audience, by=actor, open_days=days
+        )
+    except SecretMissing as exc:
+        raise typer.BadParameter(str(exc)) from None
     record(
         runner.db, actor=actor, action="survey.start", detail=f"{survey_id} run #{run_id} to {to}"
     )
@@ -116,6 +130,14 @@ def close_command(
     runner = _runner()
     target = _run(runner.db, survey_id, run)
     assert target.id is not None
+    if target.state == "closed":
+        console.print(f"Run {target.number} of {survey_id} is already closed.")
+        return
+    if target.anonymity != "named":
+        try:
+            runner.desk.run_key(target)
+        except (SecretMissing, WrongSecret) as exc:
+            raise typer.BadParameter(f"cannot close: {exc}") from None
     if not runner.close(target.id):
         console.print(f"Run {target.number} of {survey_id} is already closed.")
         return
@@ -133,7 +155,7 @@ def status_command(
     survey_id: Annotated[str, typer.Argument(help="Survey id.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Every run: state, dates, invited, answered (participation only, never answers)."""
+    """Every run: state, dates, invited, answered (how many, never who or what)."""
     runner = _runner()
     _survey(runner, survey_id)
     rows: list[dict[str, Any]] = []
@@ -143,10 +165,7 @@ def status_command(
                 select(func.count()).where(SurveyInvitation.run_id == run.id)
             ).one()
             answered = session.exec(
-                select(func.count()).where(
-                    SurveyInvitation.run_id == run.id,
-                    SurveyInvitation.answered == True,  # noqa: E712
-                )
+                select(func.count()).where(SurveyResponse.run_id == run.id)
             ).one()
             rows.append(
                 {
@@ -219,7 +238,7 @@ def results_command(
             )
         mean, enps = summary.get("mean"), summary.get("enps")  # None when nobody answered
         if summary.get(SUPPRESSED):
-            result, interval = f"hidden: fewer than {target.min_group} answered", None
+            result, interval = "hidden: too few answers to show safely", None
         elif question.kind == "likert":
             result = f"mean {mean:.2f}" if mean is not None else "no answers"
             interval = summary.get("ci95")
@@ -233,7 +252,9 @@ def results_command(
         shown = f"{interval[0]:.2f} – {interval[1]:.2f}" if interval else ""
         table.add_row(question.text[:60], str(summary.get("n", "")), result, shown, flag)
     console.print(table)
-    if overall.get("adkar_barrier"):
+    if overall.get("adkar_barrier") == UNKNOWN:
+        console.print("ADKAR barrier point: unknown (an earlier element is hidden)")
+    elif overall.get("adkar_barrier"):
         console.print(f"ADKAR barrier point: [bold]{overall['adkar_barrier']}[/bold]")
     for segment_id, groups in report["segments"].items():
         for label, group in groups.items():
@@ -254,29 +275,91 @@ def export_command(
         int | None, typer.Option("--run", help="Run number (default: the latest).")
     ] = None,
 ) -> None:
-    """Responses as CSV: one row per response, no identities for anonymous surveys. Groups
-    smaller than min_group are left out entirely."""
+    """CSV. Anonymous and confidential surveys: the published figures only, in long form
+    (segment, group, question, value, count; a comment is a row), exactly what `results`
+    shows after suppression; never one row per person, which a rare answer could single out.
+    Named surveys: one row per person, with the user id."""
     runner = _runner()
     survey = _survey(runner, survey_id)
     target = _run(runner.db, survey_id, run)
     _closed(target, survey_id)
+    assert target.id is not None
+    writer = csv.writer(sys.stdout)
+    if target.anonymity != "named":
+        report = run_results(db=runner.db, survey=survey, run_id=target.id)
+        if report["overall"].get(SUPPRESSED):
+            console.print(
+                f"Only {report['overall']['responses']} responses: fewer than "
+                f"{target.min_group}, nothing to export."
+            )
+            return
+        writer.writerows(export_rows(survey, report))
+        return
     with Session(runner.db) as session:
         responses = session.exec(
             select(SurveyResponse).where(SurveyResponse.run_id == target.id)
         ).all()
-    if len(responses) < target.min_group:
-        console.print(
-            f"Only {len(responses)} responses: fewer than {target.min_group}, nothing to export."
-        )
-        return
-    writer = csv.writer(sys.stdout)
-    named = target.anonymity == "named"
-    writer.writerow((["user"] if named else []) + [q.id for q in survey.questions])
-    # Shuffle-free but order-free: sorted by the random id, never by when people answered.
-    for response in sorted(responses, key=lambda r: r.id):
+    writer.writerow(["user"] + [q.id for q in survey.questions])
+    for response in sorted(responses, key=lambda r: r.user_id or ""):
         answers = json.loads(response.answers)
         cells = [
             ";".join(v) if isinstance(v := answers.get(q.id, ""), list) else str(v)
             for q in survey.questions
         ]
-        writer.writerow(([response.user_id or ""] if named else []) + cells)
+        writer.writerow([response.user_id or "", *cells])
+
+
+@app.command("share")
+def share_command(
+    survey_id: Annotated[str, typer.Argument(help="Survey id.")],
+    note: Annotated[
+        Path,
+        typer.Option("--note", exists=True, dir_okay=False, help="What you will do (Markdown)."),
+    ],
+    run: Annotated[
+        int | None, typer.Option("--run", help="Run number (default: the latest).")
+    ] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Send it (without: preview only).")] = False,
+    by: Annotated[str | None, typer.Option("--by", help="Who (for the audit log).")] = None,
+) -> None:
+    """ "You said, we did": the results of a closed run that passed suppression, and your note,
+    to everyone the run asked. Shows a preview; sends through the outbox with --yes."""
+    runner = _runner()
+    _survey(runner, survey_id)
+    target = _run(runner.db, survey_id, run)
+    assert target.id is not None
+    if target.state != "closed":
+        raise typer.BadParameter(
+            f"run {target.number} of {survey_id} is still open; share it once it closes"
+        )
+    text = note.read_text(encoding="utf-8").strip()
+    if not text:
+        raise typer.BadParameter(f"{note} is empty: say what the programme will do")
+    message, people = runner.share_preview(target.id, text)
+    console.print(message.plain, markup=False, highlight=False)
+    if not yes:
+        console.print(f"\nPreview only: {len(people)} people would get this. Add --yes to send it.")
+        return
+    sent = runner.share(target.id, text, by=by or f"cli:{getpass.getuser()}")
+    record(
+        runner.db,
+        actor=by or f"cli:{getpass.getuser()}",
+        action="survey.share",
+        detail=f"{survey_id} run {target.number} to {sent}",
+    )
+    console.print(f"\nQueued for {sent} people; the running bot sends it.")
+
+
+@app.command("secret")
+def secret_command(
+    path: Annotated[Path, typer.Argument(help="Where to keep it: an absolute path.")],
+) -> None:
+    """Create the survey secret file (random, readable by its owner only). Keep it out of the
+    database's folder and its backups; point MOBILIZE_SURVEY_SECRET_FILE at it everywhere."""
+    if not path.is_absolute():
+        raise typer.BadParameter("give an absolute path")
+    try:
+        create_secret_file(path)
+    except FileExistsError:
+        raise typer.BadParameter(f"{path} exists; a new secret would lock open runs") from None
+    console.print(f"Created {path}. Set MOBILIZE_SURVEY_SECRET_FILE={path} for every process.")

@@ -31,7 +31,8 @@ HINTS: dict[str, str] = {
     "MOBILIZE_GRACE_MINUTES": "minutes after which a missed announcement is no longer sent",
     "MOBILIZE_TICK_SECONDS": "seconds between scheduler runs, e.g. 30",
     "MOBILIZE_SURVEY_SECRET": "a long random string (keep it out of the database and of git)",
-    "MOBILIZE_SURVEY_SECRET_FILE": "a file path where the survey secret is kept",
+    "MOBILIZE_SURVEY_SECRET_FILE": "the absolute path of the file holding the survey secret, "
+    "outside the database's folder and its backups (make one with `mobilize survey secret`)",
     "MOBILIZE_LEASE_SECONDS": "seconds a worker holds a delivery it is sending, at least 20, "
     "e.g. 120",
 }
@@ -69,9 +70,7 @@ class Settings(BaseSettings):
     grace_minutes: int = Field(default=360, ge=0, alias="MOBILIZE_GRACE_MINUTES")
     tick_seconds: float = Field(default=30.0, gt=0, alias="MOBILIZE_TICK_SECONDS")
     survey_secret: str = Field(default="", alias="MOBILIZE_SURVEY_SECRET")
-    survey_secret_file: Path = Field(
-        default=Path(".mobilize-survey-secret"), alias="MOBILIZE_SURVEY_SECRET_FILE"
-    )
+    survey_secret_file: Path | None = Field(default=None, alias="MOBILIZE_SURVEY_SECRET_FILE")
     # How long a claimed delivery is held before another process may check and resend it;
     # must outlast one post (the outbox's Web API client: 15 s timeout, no retries).
     lease_seconds: float = Field(default=120.0, ge=20, alias="MOBILIZE_LEASE_SECONDS")
@@ -116,23 +115,42 @@ class Settings(BaseSettings):
                 raise ValueError(f"{user_id!r} is not a Slack user id")
         return value
 
-    def survey_key(self) -> bytes:
-        """The secret that keys anonymous survey answers: MOBILIZE_SURVEY_SECRET, else the
-        secret file (created with a random secret, readable only by its owner, when missing).
-        It never goes into the database: with it and the database, answers could be linked
-        to people while a run is open."""
+    def survey_key(self) -> bytes | None:
+        """The deployment's survey secret, from one place: MOBILIZE_SURVEY_SECRET, else the
+        file MOBILIZE_SURVEY_SECRET_FILE (an absolute path, so every process finds the same
+        secret whatever its working directory). None when neither is there: anonymous and
+        confidential runs then refuse to start. Never created silently, and never next to a
+        SQLite database (a backup of the one would hold the other)."""
         if self.survey_secret:
             return self.survey_secret.encode()
         path = self.survey_secret_file
+        if path is None:
+            return None
+        if not path.is_absolute():
+            raise SettingsError(
+                f"MOBILIZE_SURVEY_SECRET_FILE: {str(path)!r} is relative; give an absolute path "
+                "so every process, from any folder, reads the same secret"
+            )
+        database = self.sqlite_path
+        if database is not None and path.resolve().parent == database.resolve().parent:
+            raise SettingsError(
+                f"MOBILIZE_SURVEY_SECRET_FILE: {path} is in the database's folder; keep the "
+                "secret away from the database and its backups"
+            )
         if not path.exists():
-            import os
-            import secrets
+            return None
+        secret = path.read_text().strip().encode()
+        if not secret:
+            raise SettingsError(f"MOBILIZE_SURVEY_SECRET_FILE: {path} is empty")
+        return secret
 
-            path.parent.mkdir(parents=True, exist_ok=True)
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(descriptor, "w") as handle:
-                handle.write(secrets.token_hex(32))
-        return path.read_text().strip().encode()
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The SQLite database file, when DATABASE_URL names one."""
+        prefix = "sqlite:///"
+        if not self.database_url.startswith(prefix) or self.database_url == prefix + ":memory:":
+            return None
+        return Path(self.database_url[len(prefix) :].split("?")[0])
 
     @property
     def admin_ids(self) -> frozenset[str]:

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 from typer.testing import CliRunner, Result
 
 from bot.cli import app, main
 from bot.config import get_settings
 from bot.core.surveys.runner import SurveyRunner
 from bot.store.db import make_engine, upgrade
-from bot.store.models import AuditLog, SurveyResponse, SurveyRun
+from bot.store.models import AnnouncementSend, AuditLog, Delivery, SurveyResponse, SurveyRun
 from tests.auxil.surveys import FakeDirectory, RecordingChat, person, write
 from tests.slack.fake_slack import FakeSlack
 
@@ -196,8 +196,8 @@ def test_start_status_results_close_and_export(
     assert report["overall"]["responses"] == 3 and report["overall"]["population"] == 4
     assert report["overall"]["questions"]["ready"]["mean"] == 3.0  # 2, 3, 4
     # Nobody answered it, and one person commented: both below min_group, both hidden.
-    assert report["overall"]["questions"]["confidence"] == {"n": 0, "suppressed": True}
-    assert report["overall"]["questions"]["comment"] == {"n": 1, "suppressed": True}
+    assert report["overall"]["questions"]["confidence"] == {"suppressed": True}
+    assert report["overall"]["questions"]["comment"] == {"suppressed": True}
     assert report["overall"]["adkar_barrier"] == "awareness"
     text = " ".join(ok("results", "pulse").split())
     assert "3 of 4 answered." in text
@@ -205,13 +205,20 @@ def test_start_status_results_close_and_export(
     assert '{"E-learning": 3, "Live session": 0}' in text  # a choice shows its counts
     assert "ADKAR barrier point: awareness" in text
 
+    # The export is the published figures, in long form: no row per person, no hidden comment.
     rows = list(csv.reader(io.StringIO(ok("export", "pulse"))))
-    assert rows[0] == ["ready", "confidence", "recommend", "training", "helped", "comment"]
-    assert sorted(rows[1:]) == [
-        ["2", "", "9", "E-learning", "Guides;Champions", "More, please"],
-        ["3", "", "9", "E-learning", "Guides;Champions", ""],
-        ["4", "", "9", "E-learning", "Guides;Champions", ""],
+    assert rows[0] == ["segment", "group", "question", "value", "count"]
+    assert ["", "everyone", "responses", "", "3"] in rows
+    assert [r[2:] for r in rows if r[2] == "ready"] == [
+        ["ready", "1", "0"],
+        ["ready", "2", "1"],
+        ["ready", "3", "1"],
+        ["ready", "4", "1"],
+        ["ready", "5", "0"],
     ]
+    assert ["", "everyone", "training", "E-learning", "3"] in rows
+    assert not [r for r in rows if r[2] in {"comment", "confidence"}]
+    assert "More, please" not in ok("export", "pulse")
 
 
 def test_too_few_answers_show_and_export_nothing(db: Engine, running: SurveyRunner) -> None:
@@ -287,3 +294,62 @@ def test_a_broken_survey_file_is_reported_without_a_traceback(
     captured = capsys.readouterr()
     assert "pulse.yaml" in captured.err and "content error" in captured.err
     assert "Traceback" not in captured.out + captured.err
+
+
+def test_share_previews_then_sends_only_what_passed_suppression(
+    db: Engine, running: SurveyRunner, tmp_path: Path
+) -> None:
+    ok("start", "pulse", "--to", "users:U1,U2,U4,U5", "--by", "U3")
+    run_id = open_latest(running)
+    answer_all(running, run_id, ["U1", "U2", "U4"])
+    note = tmp_path / "we-will.md"
+    note.write_text("We will run *two more* training sessions in March.\n")
+    refused = mobilize("share", "pulse", "--note", str(note))
+    assert refused.exit_code != 0 and "still open" in refused.output
+    ok("close", "pulse")
+
+    preview = " ".join(ok("share", "pulse", "--note", str(note)).split())
+    assert "You said, we did: Pulse" in preview and "3 of 4 answered" in preview
+    assert "two more" in preview and "Preview only: 4 people would get this" in preview
+    assert "More, please" not in preview  # one comment: hidden, and not shared either
+    shares = select(AnnouncementSend).where(col(AnnouncementSend.key).like("survey-share:%"))
+    with Session(db) as session:
+        assert session.exec(shares).all() == []  # a preview sends nothing
+
+    assert "Queued for 4 people" in " ".join(
+        ok("share", "pulse", "--note", str(note), "--yes").split()
+    )
+    with Session(db) as session:
+        (send,) = session.exec(shares).all()
+        deliveries = session.exec(select(Delivery).where(Delivery.send_id == send.id)).all()
+    assert sorted(d.recipient for d in deliveries) == ["U1", "U2", "U4", "U5"]
+    shown = running.render(deliveries[0], send).plain  # what the outbox posts
+    assert "two more" in shown and "3 of 4 answered" in shown and "More, please" not in shown
+    assert "survey.share" in {row.action for row in _audit(db)}
+
+
+def _audit(db: Engine) -> list[AuditLog]:
+    with Session(db) as session:
+        return list(session.exec(select(AuditLog)))
+
+
+def test_an_anonymous_run_will_not_start_without_the_secret(
+    db: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MOBILIZE_SURVEY_SECRET")
+    monkeypatch.setenv("MOBILIZE_SURVEY_SECRET_FILE", "/nonexistent/mobilize-secret")
+    get_settings.cache_clear()
+    result = mobilize("start", "pulse")
+    assert result.exit_code != 0 and "MOBILIZE_SURVEY_SECRET" in result.output
+    with Session(db) as session:
+        assert session.exec(select(SurveyRun)).all() == []
+    ok("start", "named")  # a named survey needs no secret
+
+
+def test_secret_creates_a_private_file_once(tmp_path: Path) -> None:
+    path = tmp_path / "keys" / "survey-secret"
+    assert "Created" in ok("secret", str(path))
+    assert len(path.read_text().strip()) == 64 and (path.stat().st_mode & 0o777) == 0o600
+    again = mobilize("secret", str(path))
+    assert again.exit_code != 0 and "exists" in again.output
+    assert mobilize("secret", "relative-secret").exit_code != 0

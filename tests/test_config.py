@@ -30,10 +30,24 @@ def test_missing_slack_tokens_are_named_for_the_mode() -> None:
     assert "SLACK_APP_TOKEN is not set" in str(socket.value)
 
 
-def test_the_survey_secret_file_is_created_once_and_private(tmp_path: Path) -> None:
-    path = tmp_path / "secret"
+def test_the_survey_secret_comes_from_one_place_and_is_never_created(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "keys" / "secret"
     settings = load_settings(MOBILIZE_SURVEY_SECRET="", MOBILIZE_SURVEY_SECRET_FILE=str(path))
-    first = settings.survey_key()
-    assert len(first) == 64 and settings.survey_key() == first
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert settings.survey_key() is None and not path.exists()  # anonymous runs will refuse
+    path.parent.mkdir()
+    path.write_text("s3cret\n")
+    path.chmod(0o600)
+    monkeypatch.chdir(tmp_path)  # the same secret from any working directory
+    assert settings.survey_key() == b"s3cret" and stat.S_IMODE(path.stat().st_mode) == 0o600
+    with pytest.raises(SettingsError, match="relative"):
+        load_settings(MOBILIZE_SURVEY_SECRET="", MOBILIZE_SURVEY_SECRET_FILE="secret").survey_key()
+    beside = load_settings(
+        MOBILIZE_SURVEY_SECRET="",
+        MOBILIZE_SURVEY_SECRET_FILE=str(path),
+        DATABASE_URL=f"sqlite:///{path.parent / 'mobilize.db'}",
+    )
+    with pytest.raises(SettingsError, match="database's folder"):
+        beside.survey_key()
     assert load_settings(MOBILIZE_SURVEY_SECRET="given").survey_key() == b"given"

@@ -195,11 +195,12 @@ class SchedulerMark(SQLModel, table=True):
 
 
 # --- Surveys ------------------------------------------------------------------------------
-# The participation ledger (who was asked, whether they answered) is kept apart from the
-# answers. For anonymous surveys an answer row holds no user id, DM channel, message ts or
-# timestamp: only a random id and, while the run is open, an HMAC of run and user under a
-# secret that is not in the database (so a person can change their answer). Closing the run
-# erases that key.
+# The participation ledger (who was asked) is kept apart from the answers. For anonymous
+# surveys an answer row holds no user id, DM channel, message ts or timestamp. While the run
+# is open it holds an HMAC of the user under the run's key (derived from a secret that is not
+# in the database and a salt that is) and the answers sealed under that key; closing the run
+# erases salt and keys, rewrites the answers in plain text in random order and scrubs the
+# files (bot.core.surveys.privacy).
 
 
 class SurveyRun(SQLModel, table=True):
@@ -222,10 +223,15 @@ class SurveyRun(SQLModel, table=True):
     created_by: str = Field(default="", max_length=40)
     closed_at: datetime | None = None
     results_sent_at: datetime | None = None
+    # The run key's salt while the run is open (erased at close) and the key's fingerprint.
+    key_salt: str | None = Field(default=None, max_length=64)
+    key_check: str = Field(default="", max_length=64)
 
 
 class SurveyInvitation(SQLModel, table=True):
-    """The participation ledger: who was asked and whether they answered (never what)."""
+    """The participation ledger: who was asked (never what they said). `answered` is kept for
+    named and confidential runs only: for an anonymous run nothing records who answered or
+    when (reminders find out through the respondent keys, which need the secret)."""
 
     __tablename__ = "survey_invitation"
     __table_args__ = (UniqueConstraint("run_id", "user_id"),)
@@ -240,7 +246,8 @@ class SurveyInvitation(SQLModel, table=True):
 
 
 class SurveyResponse(SQLModel, table=True):
-    """One person's answers to one run. Anonymous: no user id, no time, a random id."""
+    """One person's answers to one run. Anonymous: no user id, no time, a random id; sealed
+    answers and a respondent key while open, plain answers in random row order after close."""
 
     __tablename__ = "survey_response"
     __table_args__ = (UniqueConstraint("run_id", "respondent_key"),)
@@ -258,3 +265,15 @@ class SurveyPause(SQLModel, table=True):
     __tablename__ = "survey_pause"
     user_id: str = Field(primary_key=True, max_length=40)
     until: datetime | None = None
+
+
+class SurveyShare(SQLModel, table=True):
+    """A "you said, we did" message: the suppressed summary of a closed run and the owner's
+    note, sent to the run's audience through the outbox."""
+
+    __tablename__ = "survey_share"
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="survey_run.id", index=True)
+    note: str = Field(sa_column=Column(Text, nullable=False))
+    summary: str = Field(sa_column=Column(Text, nullable=False))
+    created_by: str = Field(default="", max_length=40)

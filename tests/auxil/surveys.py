@@ -19,6 +19,7 @@ from bot.core.announcements.audience import DirectoryError, Person
 from bot.core.delivery import Budget, Limits, Outbox
 from bot.core.messages import Address, Message, Posted
 from bot.core.surveys.definitions import Survey, load_surveys
+from bot.core.surveys.privacy import run_key, unseal
 from bot.core.surveys.runner import SurveyRunner
 from bot.core.surveys.runs import invite, start_run
 from bot.store.models import (
@@ -117,6 +118,9 @@ class FakeDirectory:
             raise DirectoryError("channel_not_found")
         return list(self.channels[channel])
 
+    def can_post(self, channel: str) -> bool:
+        return True
+
     def group_members(self, group: str) -> list[str]:
         if group not in self.groups:
             raise DirectoryError("no_such_subteam")
@@ -150,6 +154,16 @@ class RecordingChat:
         return [message for address, message in self.posts if address.channel == user]
 
 
+def plain(db: Engine, row: SurveyResponse, field: str = "answers") -> Any:
+    """A response's answers (or segments) as the bot reads them: sealed under the run key
+    while the run is open, plain after it closed."""
+    with Session(db) as session:
+        run = session.get(SurveyRun, row.run_id)
+    assert run is not None
+    key = run_key(SECRET, row.run_id, run.key_salt) if run.key_salt else b""
+    return json.loads(unseal(key, getattr(row, field)))
+
+
 def open_run(
     db: Engine,
     survey: Survey,
@@ -170,6 +184,7 @@ def open_run(
         starts_at=now,
         closes_at=now + timedelta(days=days),
         by="U0OWNER",
+        secret=SECRET,
     )
     assert run_id is not None
     invite(
@@ -179,6 +194,7 @@ def open_run(
         segments=segments or {},
         now=now,
         min_group=survey.min_group,
+        order=[segment.id for segment in survey.segments],
     )
     return run_id
 

@@ -4,25 +4,27 @@ database here: pass the answers in, apply `suppress()` before showing any group.
 
 Statistical choices, in one place:
 
-- **Interval (`ci95`)**: Student's t with n − 1 degrees of freedom around the mean, with the
-  sample standard deviation s (divisor n − 1) and the finite-population correction:
-  `mean ± t(0.975, n − 1) · s / √n · √((N − n) / (N − 1))`, N being the number invited.
-  t rather than the normal 1.96 because groups are small (at min_group 5, t is 2.78); the
-  correction because a run asks a whole, known population: when everyone answers (n = N) there
-  is no sampling noise left and the interval closes on the mean. No interval for n ≤ 1. Bounds
-  are clipped to the scale (1–5; −100 to 100 for eNPS). The interval covers sampling noise
-  only, treating those who answered as a random draw of those asked; it cannot correct for
-  who chooses not to answer. When every answer is the same, s is 0 and so is the width: read
-  n alongside.
+- **Interval (`ci95`) of a Likert mean**: Student's t with n + 1 degrees of freedom on the
+  answers plus two pseudo-answers, one at each end of the scale (1 and 5): the "add two"
+  adjustment for a bounded mean, in the spirit of Agresti–Coull for proportions. Without it the
+  interval collapses to a point when everyone gives the same answer (s = 0), which claims a
+  certainty five people cannot give. No finite-population correction: the question is how a
+  group feels, which a re-run next week would measure with fresh noise, not how these n people
+  clicked; so when everyone answered (n = N) the interval still has a width. No interval for
+  n ≤ 1. Bounds are clipped to the scale. The interval covers sampling noise only, treating
+  those who answered as a random draw; it cannot correct for who chooses not to answer.
 - **eNPS**: % promoters (9–10) − % detractors (0–6), from the raw 0–10 scores. Its interval is
-  the one above on each person's score of +1 (promoter), 0 (passive) or −1 (detractor), whose
-  mean is P − D, times 100.
+  the adjusted Wald interval of Rocks (2016, "Interval estimation for the Net Promoter Score"):
+  add 3/4 of a promoter, 3/2 of a passive and 3/4 of a detractor, then P' − D' ± z ·
+  √((P' + D' − (P' − D')²) / (n + 3)). Like Wilson's interval it keeps a width when everyone is
+  a promoter, and it stays inside −100 … 100.
 - **Trend**: Welch's t-test (unequal variances, `scipy.stats.ttest_ind(equal_var=False)`) on the
   raw answers of two runs, on 1–5 for Likert and on the +1/0/−1 scores for eNPS; a change is
-  flagged only when p < 0.05. Runs are compared as independent samples because anonymous answers
-  cannot be paired; many of the same people answer both, which makes the test conservative.
-  It leaves out the finite-population correction, which also errs towards "no change". With 7
-  questions over 10 runs some flags will be chance: read them as prompts, not verdicts.
+  flagged only when p < 0.05. Only between runs each with at least `min_group` answers and with
+  some spread in at least one of them (two runs without any spread give no test, not p = 0).
+  Runs are compared as independent samples because anonymous answers cannot be paired; many of
+  the same people answer both, which makes the test conservative. With 7 questions over 10
+  runs some flags will be chance: read them as prompts, not verdicts.
 - **Suppression**: see `suppress()`.
 """
 
@@ -44,6 +46,7 @@ LIKERT = (1, 2, 3, 4, 5)
 ENPS = tuple(range(11))
 PROMOTER = 9  # 9 and 10
 DETRACTOR = 6  # 0 to 6
+UNKNOWN = "unknown"  # the ADKAR barrier when an earlier element is hidden
 
 
 def likert_summary(values: Sequence[int], *, population: int) -> dict[str, Any]:
@@ -62,7 +65,7 @@ def likert_summary(values: Sequence[int], *, population: int) -> dict[str, Any]:
         "distribution": {point: values.count(point) for point in LIKERT},
         "mean": mean,
         "sd": sd,
-        "ci95": _interval(mean, sd, n, population, bounds=(1.0, 5.0)),
+        "ci95": _likert_interval(values),
     }
 
 
@@ -78,7 +81,7 @@ def enps_summary(scores: Sequence[int], *, population: int) -> dict[str, Any]:
     detractors = points.count(-1) / n if n else None
     passives = points.count(0) / n if n else None
     mean = sum(points) / n if n else None
-    interval = _interval(mean, _sd(points), n, population, bounds=(-1.0, 1.0))
+    interval = _enps_interval(points)
     return {
         "n": n,
         "population": population,
@@ -154,12 +157,14 @@ def trend(
     *,
     kind: str = "likert",
     alpha: float = ALPHA,
+    min_group: int = 2,
 ) -> dict[str, Any]:
     """Compare the raw answers of two runs of one Likert or eNPS question.
 
     Returns `previous` and `current` (mean, or eNPS), `change` (current − previous; eNPS
-    points for eNPS), `p_value` (Welch's t-test; None when either run has fewer than 2 answers
-    or neither shows any spread and both agree) and `significant` (p < alpha)."""
+    points for eNPS), `p_value` (Welch's t-test; None when either run has fewer than
+    `min_group` (at least 2) answers or neither run shows any spread) and `significant`
+    (p < alpha)."""
     if kind == "likert":
         _check(previous, LIKERT, "a likert answer is 1 to 5")
         _check(current, LIKERT, "a likert answer is 1 to 5")
@@ -174,10 +179,11 @@ def trend(
     now = scale * sum(after) / len(after) if after else None
     change = now - was if was is not None and now is not None else None
     p_value: float | None = None
-    if len(before) >= 2 and len(after) >= 2:
+    enough = min(len(before), len(after)) >= max(2, min_group)
+    spread = len(set(before)) > 1 or len(set(after)) > 1
+    if enough and spread:
         with warnings.catch_warnings():
-            # scipy warns about precision when a sample has no spread; the result is still
-            # right (p = 0 when both runs are uniform and differ, nan when they agree).
+            # scipy warns about precision when one sample has no spread; the result is right.
             warnings.simplefilter("ignore", RuntimeWarning)
             result = stats.ttest_ind(after, before, equal_var=False)
         p = float(result.pvalue)
@@ -211,8 +217,8 @@ def suppress(groups: Mapping[str, int], *, min_group: int, total: int | None = N
     What is then derivable by adding and subtracting shown figures is the shown groups and the
     unshown part as one lump of 0 or at least min_group people mixing two or more hidden
     groups (or a hidden group and the people in no group): never a single hidden group. This
-    holds per breakdown; comparing two breakdowns of the same answers (site against department)
-    is not covered, so show a breakdown of a breakdown only through the same rule.
+    holds per breakdown only: results go through `bot.core.surveys.report`, whose check covers
+    every breakdown, every question and the whole run together.
     """
     if min_group < 1:
         raise ValueError("min_group must be 1 or more")
@@ -236,11 +242,18 @@ def suppress(groups: Mapping[str, int], *, min_group: int, total: int | None = N
 
 def adkar_barrier(means: Mapping[str, float | None]) -> str | None:
     """The barrier point: the first ADKAR element, in order (awareness, desire, knowledge,
-    ability, reinforcement), whose mean is 3.0 or below; None when every known mean is above
-    (elements without a mean are skipped)."""
+    ability, reinforcement), whose mean is 3.0 or below; None when every mean is above.
+    `means` holds the elements the survey measures; one whose mean is None (hidden, or nobody
+    answered) could be the barrier, so when it comes before any known barrier the answer is
+    `UNKNOWN`, never a later element. Elements the survey does not measure are left out of
+    `means` and skipped."""
     for element in ADKAR:
-        mean = means.get(element)
-        if mean is not None and not math.isnan(mean) and mean <= BARRIER:
+        if element not in means:
+            continue
+        mean = means[element]
+        if mean is None or math.isnan(mean):
+            return UNKNOWN
+        if mean <= BARRIER:
             return element
     return None
 
@@ -269,21 +282,31 @@ def _sd(values: Sequence[int]) -> float | None:
     return math.sqrt(sum((value - mean) ** 2 for value in values) / (n - 1))
 
 
-def _interval(
-    mean: float | None,
-    sd: float | None,
-    n: int,
-    population: int,
-    *,
-    bounds: tuple[float, float],
-) -> tuple[float, float] | None:
-    """t interval with the finite-population correction, clipped to `bounds`."""
-    if mean is None or sd is None or n < 2:
+def _likert_interval(values: Sequence[int]) -> tuple[float, float] | None:
+    """t interval on the answers plus one pseudo-answer at each end of the scale."""
+    n = len(values)
+    if n < 2:
         return None
-    fpc = math.sqrt((population - n) / (population - 1))
-    half = float(stats.t.ppf((1 + CONFIDENCE) / 2, n - 1)) * sd / math.sqrt(n) * fpc
-    low, high = bounds
-    return (max(low, mean - half), min(high, mean + half))
+    padded = [*values, LIKERT[0], LIKERT[-1]]
+    centre = sum(padded) / len(padded)
+    sd = _sd(padded)
+    assert sd is not None
+    half = float(stats.t.ppf((1 + CONFIDENCE) / 2, len(padded) - 1)) * sd / math.sqrt(len(padded))
+    return (max(1.0, centre - half), min(5.0, centre + half))
+
+
+def _enps_interval(points: Sequence[int]) -> tuple[float, float] | None:
+    """Rocks' adjusted Wald interval for P − D (as a fraction), clipped to −1 … 1."""
+    n = len(points)
+    if n < 2:
+        return None
+    total = n + 3
+    promoters = (points.count(1) + 0.75) / total
+    detractors = (points.count(-1) + 0.75) / total
+    centre = promoters - detractors
+    variance = max(0.0, promoters + detractors - centre**2) / total
+    half = float(stats.norm.ppf((1 + CONFIDENCE) / 2)) * math.sqrt(variance)
+    return (max(-1.0, centre - half), min(1.0, centre + half))
 
 
 def _enps_points(scores: Sequence[int]) -> list[int]:

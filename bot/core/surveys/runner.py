@@ -10,7 +10,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -27,14 +27,23 @@ from bot.core.surveys.definitions import (
     recipient_times,
     runs,
 )
-from bot.core.surveys.report import results_message
-from bot.core.surveys.runs import SurveyDesk, close_run, invitation_message, invite, start_run
+from bot.core.surveys.privacy import SecretMissing, WrongSecret
+from bot.core.surveys.report import SUPPRESSED, results_message, run_results, summary_lines
+from bot.core.surveys.runs import (
+    CLOSED_TEXT,
+    SurveyDesk,
+    close_run,
+    invitation_message,
+    invite,
+    start_run,
+)
 from bot.store.marks import advance_mark, read_mark
 from bot.store.models import (
     AnnouncementSend,
     Delivery,
     SurveyInvitation,
     SurveyRun,
+    SurveyShare,
     as_utc,
 )
 
@@ -52,7 +61,7 @@ class SurveyRunner:
         content_dir: Path,
         directory: Directory,
         chat: Chat,
-        secret: bytes,
+        secret: bytes | None,
         admins: frozenset[str] = frozenset(),
         grace: timedelta = timedelta(hours=6),
         default_timezone: str = "",
@@ -70,6 +79,7 @@ class SurveyRunner:
         self.schedules: list[SurveySchedule] = []
         self.rollout = Rollout()
         self.desk = SurveyDesk(db=db, secret=secret, surveys=lambda: self.surveys, clock=clock)
+        self._refused: set[str] = set()  # runs the plan could not start (said once)
 
     def load(self) -> list[ContentError]:
         """Survey files and their schedules; on errors the last good ones stay."""
@@ -84,19 +94,31 @@ class SurveyRunner:
     # --- rendering for the outbox -----------------------------------------------------------
 
     def render(self, delivery: Delivery, send: AnnouncementSend) -> Message:
-        """An invitation (or reminder) DM: the whole survey, with this person's answers so far."""
+        """An invitation (or reminder) DM: the whole survey, with this person's answers so far;
+        once the run closed, the neutral text a sent copy is edited to (no answers left in
+        Slack); or a "you said, we did" share."""
         with Session(self.db) as session:
             run = session.get(SurveyRun, send.survey_run_id)
+            share = (
+                session.get(SurveyShare, int(send.key.rpartition(":")[2]))
+                if send.key.startswith("survey-share:")
+                else None
+            )
         if run is None or run.id is None:
             raise KeyError(f"survey run {send.survey_run_id} is gone")
-        survey = self.surveys[run.survey_id]
+        if share is not None:
+            return say(share.summary, share.note, summary=share.summary.splitlines()[0])
+        title = self.surveys[run.survey_id].title if run.survey_id in self.surveys else ""
         if run.state != "open":
+            if delivery.state == "sent":  # the edit at the close
+                return say(f"*{title}*" if title else "*Survey*", CLOSED_TEXT, summary=title)
             raise SkipDelivery("run closed")
+        survey = self.surveys[run.survey_id]
         answers = self.desk.answers(run.id, delivery.recipient)
         message = invitation_message(survey, run, answers)
         if send.reminder_of:
-            if self._answered(run.id, delivery.recipient):
-                raise SkipDelivery("already answered")
+            if self._complete(run, [delivery.recipient]):
+                raise SkipDelivery("not needed")
             intro = say("*A gentle reminder:* this survey is still open and takes a minute.")
             return Message(
                 (*intro.parts, *message.parts),
@@ -107,14 +129,16 @@ class SurveyRunner:
             )
         return message
 
-    def _answered(self, run_id: int, user_id: str) -> bool:
-        with Session(self.db) as session:
-            invitation = session.exec(
-                select(SurveyInvitation).where(
-                    SurveyInvitation.run_id == run_id, SurveyInvitation.user_id == user_id
-                )
-            ).first()
-        return bool(invitation and invitation.answered)
+    def _complete(self, run: SurveyRun, users: list[str]) -> set[str]:
+        """Those of `users` who answered every required question (found through the
+        respondent keys: the database alone does not say who answered)."""
+        survey = self.surveys.get(run.survey_id)
+        required = [q.id for q in survey.questions if not q.optional] if survey else []
+        return {
+            user
+            for user, answers in self.desk.answered(run, users).items()
+            if all(answers.get(q) not in (None, "", []) for q in required)
+        }
 
     def _times(self, run: SurveyRun) -> Callable[[str | None], RecipientTimes] | None:
         """Per-recipient times for a planned run with local_time; None when everyone shares
@@ -162,16 +186,22 @@ class SurveyRunner:
             ):
                 if occurrence.closes_utc <= now:
                     continue  # the whole run passed while we were down: nothing to ask any more
-                start_run(
-                    db=self.db,
-                    survey=survey,
-                    key=occurrence.key,
-                    audience=list(schedule.audience),
-                    starts_at=occurrence.starts_utc,
-                    closes_at=occurrence.closes_utc,
-                    reminder_days=list(schedule.reminder_days),
-                    by="plan",
-                )
+                try:
+                    start_run(
+                        db=self.db,
+                        survey=survey,
+                        key=occurrence.key,
+                        audience=list(schedule.audience),
+                        starts_at=occurrence.starts_utc,
+                        closes_at=occurrence.closes_utc,
+                        reminder_days=list(schedule.reminder_days),
+                        by="plan",
+                        secret=self.desk.secret,
+                    )
+                except SecretMissing as exc:
+                    if occurrence.key not in self._refused:
+                        self._refused.add(occurrence.key)
+                        log.error("survey run %s not started: %s", occurrence.key, exc)
         advance_mark(self.db, MARK, now)
 
     def _due(self, now: datetime, *, state: str, field: str) -> list[int]:
@@ -199,6 +229,7 @@ class SurveyRunner:
             closes_at=now + timedelta(days=open_days),
             reminder_days=[d for d in (2, 4) if d < open_days],
             by=by,
+            secret=self.desk.secret,
         )
         assert run_id is not None
         return run_id
@@ -212,6 +243,11 @@ class SurveyRunner:
         survey = self.surveys.get(run.survey_id)
         if survey is None:
             log.error("survey run %s: survey %s is not loaded", run_id, run.survey_id)
+            return 0
+        try:
+            self.desk.run_key(run)
+        except (SecretMissing, WrongSecret) as exc:
+            log.error("survey run %s not opened: %s", run_id, exc)
             return 0
         try:
             audience = resolve(
@@ -229,6 +265,7 @@ class SurveyRunner:
             segments=segments,
             now=now,
             min_group=run.min_group,
+            order=[segment.id for segment in survey.segments],
         )
         for user, reason in left_out[:20]:
             log.info("survey run %s: %s left out (%s)", run_id, user, reason)
@@ -311,7 +348,8 @@ class SurveyRunner:
 
     def _remind(self, now: datetime) -> None:
         """Reminder N goes `reminders[N]` days after the start, only to those who have not
-        answered (checked again when each is sent), each at most once."""
+        answered every required question (checked again when each is sent), each at most
+        once. Who has answered is found through the respondent keys, never stored."""
         with Session(self.db) as session:
             open_runs = session.exec(select(SurveyRun).where(SurveyRun.state == "open")).all()
         for run in open_runs:
@@ -320,13 +358,18 @@ class SurveyRunner:
                 if as_utc(run.starts_at) + timedelta(days=day) > now:
                     continue
                 with Session(self.db) as session:
-                    waiting = session.exec(
+                    due = session.exec(
                         select(SurveyInvitation).where(
                             SurveyInvitation.run_id == run.id,
-                            SurveyInvitation.answered == False,  # noqa: E712
                             SurveyInvitation.reminders < number,
                         )
                     ).all()
+                    try:
+                        done = self._complete(run, [row.user_id for row in due])
+                    except (SecretMissing, WrongSecret) as exc:
+                        log.error("survey run %s: no reminders: %s", run.id, exc)
+                        continue
+                    waiting = [row for row in due if row.user_id not in done]
                     invitation = session.exec(
                         select(AnnouncementSend.id).where(
                             AnnouncementSend.key == f"survey:{run.key}"
@@ -359,13 +402,33 @@ class SurveyRunner:
                         session.commit()
 
     def close(self, run_id: int) -> bool:
-        """Close the run and DM its owner (or the admins) the results."""
+        """Close the run, edit every copy of its invitation in Slack to a neutral "closed"
+        text (no answer stays readable there) and DM its owner (or the admins) the results."""
         now = self.clock()
-        if not close_run(db=self.db, run_id=run_id, now=now):
+        try:
+            if not close_run(db=self.db, run_id=run_id, now=now, secret=self.desk.secret):
+                return False
+        except (SecretMissing, WrongSecret) as exc:
+            log.error("survey run %s not closed: %s", run_id, exc)
             return False
-        with Session(self.db) as session:
+        with Session(self.db, expire_on_commit=False) as session:
             run = session.get(SurveyRun, run_id)
-        assert run is not None
+            assert run is not None
+            sends = select(AnnouncementSend.id).where(
+                AnnouncementSend.survey_run_id == run_id,
+                col(AnnouncementSend.key).like("survey:%"),
+            )
+            # A minute's grace: a click stored just before the close updates its message
+            # first, and this edit comes after it.
+            session.execute(
+                update(Delivery)
+                .where(
+                    col(Delivery.send_id).in_(sends),
+                    col(Delivery.state).in_(["sent", "sending"]),
+                )
+                .values(op="update", op_not_before=now + timedelta(minutes=1))
+            )
+            session.commit()
         survey = self.surveys.get(run.survey_id)
         if survey is not None:
             message = results_message(db=self.db, survey=survey, run_id=run_id)
@@ -378,6 +441,56 @@ class SurveyRunner:
                 session.add(stored)
                 session.commit()
         return True
+
+    # --- you said, we did -------------------------------------------------------------------
+
+    def share_preview(self, run_id: int, note: str) -> tuple[Message, list[str]]:
+        """The "you said, we did" message for a closed run (the results that passed
+        suppression, then `note`) and who would get it (the run's audience)."""
+        with Session(self.db) as session:
+            run = session.get(SurveyRun, run_id)
+            people = list(
+                session.exec(
+                    select(SurveyInvitation.user_id)
+                    .where(SurveyInvitation.run_id == run_id)
+                    .order_by(col(SurveyInvitation.user_id))
+                ).all()
+            )
+        if run is None:
+            raise KeyError(run_id)
+        if run.state != "closed":
+            raise ValueError(f"run {run.number} of {run.survey_id} is still open")
+        survey = self.surveys[run.survey_id]
+        report = run_results(db=self.db, survey=survey, run_id=run_id)
+        lines = [f"*You said, we did: {survey.title}*"]
+        if report["overall"].get(SUPPRESSED):
+            lines.append("Too few people answered to share any results (that is the promise).")
+        else:
+            lines += summary_lines(survey, report)
+        return say("\n".join(lines), note.strip(), summary=lines[0]), people
+
+    def share(self, run_id: int, note: str, *, by: str) -> int:
+        """Queue the share to the run's audience through the outbox; returns how many."""
+        message, people = self.share_preview(run_id, note)
+        with Session(self.db) as session:
+            row = SurveyShare(
+                run_id=run_id,
+                note=message.parts[1].body if len(message.parts) > 1 else "",
+                summary=message.parts[0].body,
+                created_by=by[:40],
+            )
+            session.add(row)
+            session.commit()
+            share_id = row.id
+            run = session.get(SurveyRun, run_id)
+        assert run is not None
+        self._queue(
+            run,
+            [Person(user, "", "", None, None) for user in people],
+            key=f"survey-share:{run.key}:{share_id}",
+            now=self.clock(),
+        )
+        return len(people)
 
 
 def _nth_reminder(

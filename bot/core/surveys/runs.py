@@ -1,25 +1,28 @@
 """Survey runs: starting, answering in one click, changing answers, closing — with anonymity
-that holds in the database.
+that holds against whoever has the database, its backups and the logs.
 
-The participation ledger (`SurveyInvitation`: who was asked, whether they answered) is kept
-apart from the answers (`SurveyResponse`). For an anonymous survey a response row has a random
-id, no user id, no channel, no message ts and no time; while the run is open it carries
-HMAC(secret, run:user), so the same person can change their answer, and the secret is not in
-the database. Closing the run erases that key: after that nothing links an answer to anyone.
+The participation ledger (`SurveyInvitation`: who was asked) is kept apart from the answers
+(`SurveyResponse`). For an anonymous survey a response row has a random id, no user id, no
+channel, no message ts and no time. While the run is open it carries HMAC(run key, user), so
+the same person can change their answer, and its answers are sealed under the run key; the
+run key is derived from the deployment's secret (never in the database) and a salt kept with
+the run (`bot.core.surveys.privacy`). Nothing records who answered or when: reminders find
+out through the keys. Closing the run opens the answers, shuffles them, writes them again in
+plain text with fresh random ids and no key, erases the salt and scrubs the files; after that
+nothing links an answer to anyone, and the rows' order says nothing about when they came.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
+import random
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, func, update
+from sqlalchemy import Engine, delete, func, insert, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -33,21 +36,30 @@ from bot.core.messages import (
     Select,
     say,
 )
+from bot.core.surveys import privacy
 from bot.core.surveys.definitions import Question, Survey
+from bot.core.surveys.privacy import SecretMissing, WrongSecret
 from bot.store.models import SurveyInvitation, SurveyPause, SurveyResponse, SurveyRun, as_utc
 
 SURVEY_ANSWER = "survey.answer"
 SURVEY_COMMENT = "survey.comment"
 SURVEY_PAUSE = "survey.pause"
 LIKERT_LABELS = ("Strongly disagree", "Disagree", "Neutral", "Agree", "Strongly agree")
+# Each promise says no more than the README's threat model holds.
 PROMISES = {
-    "anonymous": "🔒 *Anonymous.* Your answers are stored without your name or any link to you. "
-    "Results are only shown for groups of {min_group} or more people.",
+    "anonymous": "🔒 *Anonymous.* Your answers are stored without your name and encrypted "
+    "while the survey is open; when it closes the link to you is erased and this message is "
+    "cleared. Results are shown only for groups of {min_group} or more. Slack itself, as for "
+    "any app, sees your clicks.",
     "confidential": "🔐 *Confidential.* The survey team can link answers to people but never "
     "shows them; results are only shown for groups of {min_group} or more.",
     "named": "👤 *Not anonymous.* Your name is stored with your answers and the survey owner "
     "can see them.",
 }
+CLOSED_TEXT = (
+    "This survey has closed. Thank you for taking part: your answers are no longer shown here."
+)
+SEGMENTLESS = "{}"
 
 
 class SurveyClosed(Exception):
@@ -62,11 +74,6 @@ class RunInfo:
     closes_at: datetime
 
 
-def respondent_key(secret: bytes, run_id: int, user_id: str) -> str:
-    """HMAC of run and user: lets a person change their answer, names nobody without the secret."""
-    return hmac.new(secret, f"{run_id}:{user_id}".encode(), hashlib.sha256).hexdigest()
-
-
 def start_run(
     *,
     db: Engine,
@@ -77,9 +84,16 @@ def start_run(
     closes_at: datetime,
     reminder_days: Sequence[int] = (),
     by: str = "",
+    secret: bytes | None = None,
 ) -> int | None:
     """Create a run (unique by `key`); None when it exists already. The survey's anonymity is
-    frozen into the run."""
+    frozen into the run. An anonymous or confidential run needs the deployment's survey
+    `secret` (SecretMissing without it): its run key is derived from it."""
+    if survey.anonymity != "named" and not secret:
+        raise SecretMissing(
+            f"survey {survey.id} is {survey.anonymity}: set MOBILIZE_SURVEY_SECRET (or "
+            "MOBILIZE_SURVEY_SECRET_FILE) before starting it"
+        )
     with Session(db) as session:
         number = (
             session.exec(select(func.count()).where(SurveyRun.survey_id == survey.id)).one() or 0
@@ -97,6 +111,7 @@ def start_run(
             reminder_days=json.dumps(list(reminder_days)),
             owner=by if by[:1] in {"U", "W"} else "",
             created_by=by,
+            key_salt=privacy.new_salt() if survey.anonymity != "named" else None,
         )
         session.add(run)
         try:
@@ -104,7 +119,44 @@ def start_run(
         except IntegrityError:
             session.rollback()
             return None
-        return int(run.id or 0)
+        run_id = int(run.id or 0)
+        if secret and run.key_salt:
+            run.key_check = privacy.key_check(privacy.run_key(secret, run_id, run.key_salt))
+            session.add(run)
+            session.commit()
+        return run_id
+
+
+def coarsen_segments(
+    segments: dict[str, dict[str, str]], order: Sequence[str], *, min_group: int
+) -> dict[str, dict[str, str]]:
+    """Each person's segment values as stored: the whole combination (site and team…) only
+    when at least `min_group` people share it exactly; otherwise the last segments (in
+    `order`) are dropped until it is. The people left with none at all are `min_group` or
+    more too (or nobody): otherwise the smallest other combinations are coarsened into them.
+    So every stored combination, the empty one included, names a group, never a person."""
+    rank = {name: index for index, name in enumerate(order)}
+    current = {
+        user: tuple(sorted(values.items(), key=lambda item: (rank.get(item[0], len(rank)), item)))
+        for user, values in segments.items()
+    }
+    while True:
+        sizes: dict[tuple[tuple[str, str], ...], int] = {}
+        for combination in current.values():
+            sizes[combination] = sizes.get(combination, 0) + 1
+        small = [c for c, n in sizes.items() if c and n < min_group]
+        if not small and (not 0 < sizes.get((), 0) < min_group or len(sizes) == 1):
+            break
+        # Coarsen the most detailed small combination first; with none, the smallest
+        # combination, to fill up the people with no segment.
+        if small:
+            target = max(small, key=lambda c: (len(c), -sizes[c], c))
+        else:
+            target = min((c for c in sizes if c), key=lambda c: (sizes[c], -len(c), c))
+        for user, combination in current.items():
+            if combination == target:
+                current[user] = combination[:-1]
+    return {user: dict(combination) for user, combination in current.items()}
 
 
 def invite(
@@ -115,14 +167,19 @@ def invite(
     segments: dict[str, dict[str, str]],
     now: datetime,
     min_group: int,
+    order: Sequence[str] = (),
 ) -> tuple[list[str], list[tuple[str, str]]]:
     """Write the participation ledger; returns (invited, [(user, reason) left out]).
 
-    At most one invitation per person per week, and nobody who paused surveys. A segment value
-    held by fewer than `min_group` invitees is not stored at all, so a response cannot single
-    anyone out by segment even to someone reading the database."""
+    At most one invitation per person per week, and nobody who paused surveys. Segment values
+    are stored only as combinations at least `min_group` invitees share (`coarsen_segments`),
+    so a response cannot single anyone out by segment even to someone reading the database.
+    A closed run stays closed: inviting to it does nothing."""
     week_ago = now - timedelta(days=7)
     with Session(db) as session:
+        run = session.get(SurveyRun, run_id)
+        if run is None or run.state == "closed":
+            return [], []
         recent = set(
             session.exec(
                 select(SurveyInvitation.user_id)
@@ -135,11 +192,12 @@ def invite(
             for row in session.exec(select(SurveyPause))
             if row.until is None or as_utc(row.until) > now
         }
-        existing = set(
-            session.exec(
-                select(SurveyInvitation.user_id).where(SurveyInvitation.run_id == run_id)
+        existing = {
+            row.user_id: json.loads(row.segments)
+            for row in session.exec(
+                select(SurveyInvitation).where(SurveyInvitation.run_id == run_id)
             ).all()
-        )
+        }
         invited: list[str] = []
         left_out: list[tuple[str, str]] = []
         for user in people:
@@ -149,22 +207,21 @@ def invite(
                 left_out.append((user, "already invited this week"))
             elif user not in existing:
                 invited.append(user)
-        sizes: dict[tuple[str, str], int] = {}
+        # Those already invited keep what they have: their answers may carry it.
+        names = list(order) or sorted({name for s in segments.values() for name in s})
+        kept = coarsen_segments(
+            {user: segments.get(user, {}) for user in invited}, names, min_group=min_group
+        )
         for user in invited:
-            for name, value in segments.get(user, {}).items():
-                sizes[(name, value)] = sizes.get((name, value), 0) + 1
-        for user in invited:
-            kept = {
-                name: value
-                for name, value in segments.get(user, {}).items()
-                if sizes[(name, value)] >= min_group
-            }
-            session.add(SurveyInvitation(run_id=run_id, user_id=user, segments=json.dumps(kept)))
-        run = session.get(SurveyRun, run_id)
-        assert run is not None
-        run.state = "open"
-        run.population = len(existing) + len(invited)
-        session.add(run)
+            session.add(
+                SurveyInvitation(run_id=run_id, user_id=user, segments=json.dumps(kept[user]))
+            )
+        # Only the conditional update opens the run: a close in between wins.
+        session.execute(
+            update(SurveyRun)
+            .where(col(SurveyRun.id) == run_id, col(SurveyRun.state) != "closed")
+            .values(state="open", population=len(existing) + len(invited))
+        )
         session.commit()
     return invited, left_out
 
@@ -176,14 +233,35 @@ class SurveyDesk:
         self,
         *,
         db: Engine,
-        secret: bytes,
+        secret: bytes | None,
         surveys: Callable[[], dict[str, Survey]],
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.db = db
-        self.secret = secret
+        self.secret = secret or b""
         self.surveys = surveys
         self.clock = clock
+
+    def run_key(self, run: SurveyRun) -> bytes | None:
+        """The run's key (None for named runs); WrongSecret when this process's secret is not
+        the one the run was started with, SecretMissing without one."""
+        if run.anonymity == "named":
+            return None
+        if not self.secret:
+            raise SecretMissing("this process has no survey secret")
+        assert run.id is not None
+        key = privacy.run_key(self.secret, run.id, run.key_salt or "")
+        if run.key_check and privacy.key_check(key) != run.key_check:
+            raise WrongSecret(
+                f"survey run {run.id} was started with another MOBILIZE_SURVEY_SECRET; "
+                "every process must use the same one"
+            )
+        return key
+
+    def respondent(self, run: SurveyRun, user_id: str) -> str:
+        """The respondent key of `user_id` in `run` (the user id itself for named runs)."""
+        key = self.run_key(run)
+        return user_id if key is None else privacy.respondent_key(key, user_id)
 
     def _run(self, session: Session, run_id: int) -> SurveyRun:
         run = session.get(SurveyRun, run_id)
@@ -196,12 +274,10 @@ class SurveyDesk:
             )
         return run
 
-    def _response(self, session: Session, run: SurveyRun, user_id: str) -> SurveyResponse | None:
-        assert run.id is not None
-        key = respondent_key(self.secret, run.id, user_id)
+    def _response(self, session: Session, run_id: int, respondent: str) -> SurveyResponse | None:
         return session.exec(
             select(SurveyResponse).where(
-                SurveyResponse.run_id == run.id, SurveyResponse.respondent_key == key
+                SurveyResponse.run_id == run_id, SurveyResponse.respondent_key == respondent
             )
         ).first()
 
@@ -212,18 +288,47 @@ class SurveyDesk:
         return next((q for q in survey.questions if q.id == question_id), None) if survey else None
 
     def answers(self, run_id: int, user_id: str) -> dict[str, Any]:
+        """This person's answers so far (empty once the run closed: nothing links them)."""
         with Session(self.db) as session:
             run = session.get(SurveyRun, run_id)
-            if run is None:
+            if run is None or (run.state == "closed" and run.anonymity == "anonymous"):
                 return {}
-            response = self._response(session, run, user_id)
-            return dict(json.loads(response.answers)) if response else {}
+            assert run.id is not None
+            response = self._response(session, run.id, self.respondent(run, user_id))
+            if response is None:
+                return {}
+            return dict(json.loads(privacy.unseal(self.run_key(run) or b"", response.answers)))
+
+    def answered(self, run: SurveyRun, users: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The answers so far of each of `users` who answered (for reminders: the bot needs
+        the secret to know who answered; the database alone does not say)."""
+        key = self.run_key(run)
+        with Session(self.db) as session:
+            stored = dict(
+                session.exec(
+                    select(SurveyResponse.respondent_key, SurveyResponse.answers).where(
+                        SurveyResponse.run_id == run.id
+                    )
+                ).all()
+            )
+        found: dict[str, dict[str, Any]] = {}
+        for user in users:
+            respondent = user if key is None else privacy.respondent_key(key, user)
+            if respondent in stored:
+                found[user] = json.loads(privacy.unseal(key or b"", stored[respondent]))
+        return found
 
     def answer(self, *, run_id: int, user_id: str, question_id: str, value: Any) -> Message:
         """Save one answer (a second click of the same value changes nothing) and return the
         invitation as it should now look. Raises SurveyClosed after the run closed."""
         with Session(self.db) as session:
             run = self._run(session, run_id)
+            # The run key now: a close meanwhile erases its salt, and this answer must still be
+            # written (and then rewritten with the rest, see below).
+            key = self.run_key(run)
+            respondent = user_id if key is None else privacy.respondent_key(key, user_id)
+            anonymity = run.anonymity
+            session.commit()  # hold no transaction (and no lock) while the rest is looked up
             survey = self.surveys().get(run.survey_id)
             if survey is None:
                 raise SurveyClosed("This survey is no longer available.")
@@ -238,20 +343,26 @@ class SurveyDesk:
             if invitation is None:
                 raise SurveyClosed("This survey was not sent to you.")
             clean = _validate(question, value)
+
+            def stored(plain: dict[str, Any]) -> str:
+                text = json.dumps(plain, sort_keys=True)
+                return text if key is None else privacy.seal(key, text)
+
             # Clicks at once: a second first answer finds the first's row (the unique key), and
             # a change is written only over the answers it read, so no click is lost.
             for _attempt in range(10):
-                response = self._response(session, run, user_id)
+                response = self._response(session, run_id, respondent)
                 if response is None:
                     answers = {question_id: clean}
+                    segments = invitation.segments
                     session.add(
                         SurveyResponse(
                             id=secrets.token_hex(16),
                             run_id=run_id,
-                            respondent_key=respondent_key(self.secret, run_id, user_id),
-                            user_id=user_id if run.anonymity == "named" else None,
-                            segments=invitation.segments,
-                            answers=json.dumps(answers, sort_keys=True),
+                            respondent_key=respondent,
+                            user_id=user_id if anonymity == "named" else None,
+                            segments=segments if key is None else privacy.seal(key, segments),
+                            answers=stored(answers),
                         )
                     )
                     try:
@@ -260,7 +371,7 @@ class SurveyDesk:
                     except IntegrityError:
                         session.rollback()
                         continue
-                answers = json.loads(response.answers)
+                answers = json.loads(privacy.unseal(key or b"", response.answers))
                 answers[question_id] = clean
                 written = session.execute(
                     update(SurveyResponse)
@@ -268,24 +379,27 @@ class SurveyDesk:
                         col(SurveyResponse.id) == response.id,
                         col(SurveyResponse.answers) == response.answers,
                     )
-                    .values(answers=json.dumps(answers, sort_keys=True))
+                    .values(answers=stored(answers))
                 )
                 session.commit()
                 if written.rowcount == 1:  # type: ignore[attr-defined]
                     break
             else:
                 raise RuntimeError(f"survey run {run_id}: the answer kept changing; not saved")
-            if run.anonymity == "anonymous" and run.state == "closed":
-                # The run closed while this answer was written, after the close erased the keys
-                # it could see: erase this one too.
-                _erase_keys(session, run_id)
-            if not invitation.answered:
+            if anonymity == "named" and not invitation.answered:
+                # Named runs may say who answered; anonymous and confidential ones record no
+                # participation at all (it would say who answered when).
                 session.execute(
                     update(SurveyInvitation)
                     .where(col(SurveyInvitation.id) == invitation.id)
                     .values(answered=True)
                 )
                 session.commit()
+            session.expire(run)
+            if anonymity != "named" and run.state == "closed":
+                # The run closed while this answer was written, after the close rewrote what it
+                # could see: rewrite again, this answer with it.
+                finalise(db=self.db, run_id=run_id, secret=self.secret, key=key)
             return invitation_message(survey, run, answers)
 
     def pause(self, user_id: str, *, weeks: int | None = None) -> Message:
@@ -309,9 +423,18 @@ class SurveyDesk:
         return say("Welcome back: you'll get survey invitations again.")
 
 
-def close_run(*, db: Engine, run_id: int, now: datetime) -> bool:
-    """Close a run: no more answers; anonymous responses lose their respondent key."""
+def close_run(*, db: Engine, run_id: int, now: datetime, secret: bytes | None = None) -> bool:
+    """Close a run: no more answers; its answers are opened, shuffled and written again in
+    plain text (anonymous runs: without keys, and the run key's salt erased), and the files are
+    scrubbed. SecretMissing/WrongSecret, before anything changes, when this process cannot
+    open the answers."""
     with Session(db) as session:
+        run = session.get(SurveyRun, run_id)
+        if run is None or run.state == "closed":
+            return False
+        anonymity = run.anonymity
+        if anonymity != "named":
+            SurveyDesk(db=db, secret=secret, surveys=dict).run_key(run)  # raises if unusable
         # One conditional update: of two processes closing at once, one does (and reports).
         closed = session.execute(
             update(SurveyRun)
@@ -321,21 +444,66 @@ def close_run(*, db: Engine, run_id: int, now: datetime) -> bool:
         session.commit()
         if closed.rowcount != 1:  # type: ignore[attr-defined]
             return False
-        run = session.get(SurveyRun, run_id)
-        # Erased after the close is committed: an answer written meanwhile either is erased
-        # here or sees the run closed and erases its own key (SurveyDesk.answer).
-        if run is not None and run.anonymity == "anonymous":
-            _erase_keys(session, run_id)
+    # Rewritten after the close is committed: an answer written meanwhile either is rewritten
+    # here or sees the run closed and rewrites again (SurveyDesk.answer).
+    if anonymity != "named":
+        finalise(db=db, run_id=run_id, secret=secret)
     return True
 
 
-def _erase_keys(session: Session, run_id: int) -> None:
-    session.execute(
-        update(SurveyResponse)
-        .where(col(SurveyResponse.run_id) == run_id)
-        .values(respondent_key=None)
-    )
-    session.commit()
+def finalise(*, db: Engine, run_id: int, secret: bytes | None, key: bytes | None = None) -> None:
+    """Open every sealed answer of a closed run, and write all its answers again in a random
+    order with fresh random ids (anonymous: no key, and the salt erased); then scrub. `key` is
+    the run key when the caller holds it (an answer that raced the close)."""
+    shuffle = random.SystemRandom().shuffle
+    with db.begin() as connection:
+        privacy.secure_delete(connection)
+        # A write first: it locks the run (PostgreSQL) or the database (SQLite), so two
+        # rewrites never read the same rows.
+        connection.execute(
+            update(SurveyRun).where(col(SurveyRun.id) == run_id).values(state="closed")
+        )
+        run = connection.execute(
+            select(SurveyRun.anonymity, SurveyRun.key_salt, SurveyRun.key_check).where(
+                col(SurveyRun.id) == run_id
+            )
+        ).one()
+        anonymity, salt, check = run
+        if key is None and secret and salt is not None:
+            key = privacy.run_key(secret, run_id, salt)
+            if check and privacy.key_check(key) != check:
+                raise WrongSecret(f"survey run {run_id}: cannot open its answers")
+        if key is None and salt is not None:
+            raise SecretMissing(f"survey run {run_id}: cannot open its answers")
+        key = key or b""  # finalised before: nothing sealed is left but what `key` opens
+        rows = connection.execute(
+            select(
+                SurveyResponse.respondent_key, SurveyResponse.segments, SurveyResponse.answers
+            ).where(col(SurveyResponse.run_id) == run_id)
+        ).all()
+        plain = [
+            {
+                "respondent_key": respondent if anonymity != "anonymous" else None,
+                "segments": privacy.unseal(key, segments),
+                "answers": privacy.unseal(key, answers),
+            }
+            for respondent, segments, answers in rows
+        ]
+        shuffle(plain)
+        connection.execute(delete(SurveyResponse).where(col(SurveyResponse.run_id) == run_id))
+        if plain:
+            connection.execute(
+                insert(SurveyResponse),
+                [
+                    {"id": secrets.token_hex(16), "run_id": run_id, "user_id": None, **row}
+                    for row in plain
+                ],
+            )
+        if anonymity == "anonymous":
+            connection.execute(
+                update(SurveyRun).where(col(SurveyRun.id) == run_id).values(key_salt=None)
+            )
+    privacy.scrub(db, ["survey_response", "survey_run"])
 
 
 def _validate(question: Question, value: Any) -> Any:

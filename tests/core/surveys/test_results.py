@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from bot.core.surveys.results import (
+    UNKNOWN,
     adkar_barrier,
     choice_summary,
     enps_summary,
@@ -31,14 +32,14 @@ T975 = {1: 12.706205, 4: 2.776445, 9: 2.262157}
 
 def test_likert_summary_by_hand() -> None:
     # values 5, 4, 4, 3, 2 from N = 20 invited:
-    #   n = 5, response rate 5/20 = 0.25
-    #   mean = 18 / 5 = 3.6
+    #   n = 5, response rate 5/20 = 0.25, mean = 18 / 5 = 3.6
     #   deviations 1.4, 0.4, 0.4, -0.6, -1.6; squares 1.96 + 0.16 + 0.16 + 0.36 + 2.56 = 5.2
-    #   s² = 5.2 / 4 = 1.3, s = 1.140175
-    #   standard error s / √5 = 0.509902
-    #   FPC √((20 - 5) / (20 - 1)) = √(15/19) = 0.888523
-    #   half width = t(0.975, 4) · SE · FPC = 2.776445 · 0.509902 · 0.888523 = 1.257896
-    #   interval 3.6 ± 1.257896 = (2.342104, 4.857896)
+    #   s² = 5.2 / 4 = 1.3
+    # interval: the answers plus one pseudo-answer at each end, 1 and 5 (7 values, sum 24):
+    #   centre 24 / 7 = 3.428571; squared deviations sum to 13.714286; s'² = 13.714286 / 6 =
+    #   2.285714, s' = 1.511858; SE = s' / √7 = 0.571429
+    #   half width = t(0.975, 6) · SE = 2.446912 · 0.571429 = 1.398235
+    #   interval (2.030336, 4.826807)
     summary = likert_summary([5, 4, 4, 3, 2], population=20)
     assert summary["n"] == 5
     assert summary["population"] == 20
@@ -46,24 +47,30 @@ def test_likert_summary_by_hand() -> None:
     assert summary["distribution"] == {1: 0, 2: 1, 3: 1, 4: 2, 5: 1}
     assert summary["mean"] == pytest.approx(3.6)
     assert summary["sd"] == pytest.approx(math.sqrt(1.3))
-    half = T975[4] * math.sqrt(1.3) / math.sqrt(5) * math.sqrt(15 / 19)
-    assert half == pytest.approx(1.257896, abs=1e-6)
-    assert summary["ci95"] == pytest.approx((2.342104, 4.857896), abs=1e-5)
+    half = 2.446912 * math.sqrt(13.714286 / 6) / math.sqrt(7)
+    assert half == pytest.approx(1.398235, abs=1e-5)
+    assert summary["ci95"] == pytest.approx((2.030336, 4.826807), abs=1e-5)
 
 
-def test_likert_interval_closes_when_everyone_answered() -> None:
-    # n = N = 5: FPC = √(0/4) = 0, there is no one left to sample, the interval is the mean.
-    summary = likert_summary([5, 4, 4, 3, 2], population=5)
-    assert summary["ci95"] == pytest.approx((3.6, 3.6))
-    assert summary["response_rate"] == 1.0
+def test_likert_interval_stays_honest_when_everyone_answered_or_agreed() -> None:
+    # n = N: the answers still measure a feeling with noise; the interval keeps its width.
+    assert likert_summary([5, 4, 4, 3, 2], population=5)["ci95"] == pytest.approx(
+        (2.030336, 4.826807), abs=1e-5
+    )
+    # Five people all at 5, of 1,000 asked: not "5.00 ± 0". Padded 5,5,5,5,5,1,5: centre
+    # 31/7, s'² = 13.714286 / 6, half = 2.446912 · 1.511858 / √7 = 1.398235.
+    agreed = likert_summary([5] * 5, population=1000)
+    assert agreed["ci95"] == pytest.approx((31 / 7 - 1.398235, 5.0), abs=1e-5)
+    # With many answers the pseudo-answers weigh little: 100 people at 5.
+    assert likert_summary([5] * 100, population=1000)["ci95"][0] == pytest.approx(4.883, abs=1e-3)
 
 
 def test_likert_interval_is_clipped_to_the_scale() -> None:
-    # 5, 5, 5, 5, 1 of N = 1000: mean 4.2, s² = (4 · 0.8² + 3.2²) / 4 = 3.2, SE = √3.2/√5 = 0.8,
-    # FPC √(995/999) = 0.997996, half = 2.776445 · 0.8 · 0.997996 = 2.216706:
-    # (1.983294, 6.416706), and nothing above 5 exists on the scale.
+    # 5, 5, 5, 5, 1 padded with 1 and 5 (five 5s, two 1s): centre 27/7 = 3.857143,
+    # Σ(x − centre)² = 5 · 1.142857² + 2 · 2.857143² = 22.857143, s'² = 22.857143 / 6,
+    # half = 2.446912 · 1.951800 / √7 = 1.805114: (2.052029, 5.662257), and nothing above 5.
     summary = likert_summary([5, 5, 5, 5, 1], population=1000)
-    assert summary["ci95"] == pytest.approx((4.2 - 2.216706, 5.0), abs=1e-5)
+    assert summary["ci95"] == pytest.approx((2.052029, 5.0), abs=1e-5)
 
 
 def test_likert_with_too_few_answers_has_no_interval() -> None:
@@ -96,11 +103,9 @@ def test_enps_summary_by_hand() -> None:
     #   promoters (9–10): 10, 9, 9, 10, 9 → 5 of 10 = 0.5
     #   passives (7–8): 8, 7 → 0.2; detractors (0–6): 6, 3, 5 → 0.3
     #   eNPS = 100 · (0.5 − 0.3) = 20
-    # interval on the +1/0/−1 scores: mean 0.2, Σx² = 5 + 3 = 8,
-    #   Σ(x − 0.2)² = 8 − 10 · 0.04 = 7.6, s² = 7.6 / 9 = 0.844444, s = 0.918937
-    #   SE = s / √10 = 0.290593; FPC = √(30/39) = 0.877058
-    #   half = t(0.975, 9) · SE · FPC = 2.262157 · 0.290593 · 0.877058 = 0.576550
-    #   eNPS interval 100 · (0.2 ± 0.576550) = (−37.6550, 77.6550)
+    # adjusted Wald (Rocks 2016): n' = 13, P' = 5.75 / 13 = 0.442308, D' = 3.75 / 13 = 0.288462
+    #   centre 0.153846; variance (0.730769 − 0.153846²) / 13 = 0.054392; sd 0.233221
+    #   half = 1.959964 · 0.233221 = 0.457105: 100 · (0.153846 ± 0.457105) = (−30.326, 61.095)
     summary = enps_summary([10, 9, 9, 8, 7, 6, 3, 10, 5, 9], population=40)
     assert summary["n"] == 10
     assert summary["response_rate"] == pytest.approx(0.25)
@@ -111,9 +116,7 @@ def test_enps_summary_by_hand() -> None:
     assert summary["distribution"] == {
         0: 0, 1: 0, 2: 0, 3: 1, 4: 0, 5: 1, 6: 1, 7: 1, 8: 1, 9: 3, 10: 2
     }  # fmt: skip
-    half = T975[9] * math.sqrt(7.6 / 9) / math.sqrt(10) * math.sqrt(30 / 39)
-    assert half == pytest.approx(0.576550, abs=1e-6)
-    assert summary["ci95"] == pytest.approx((-37.6550, 77.6550), abs=1e-3)
+    assert summary["ci95"] == pytest.approx((-30.326, 61.095), abs=1e-3)
 
 
 def test_enps_boundaries_six_is_a_detractor_and_nine_a_promoter() -> None:
@@ -125,8 +128,12 @@ def test_enps_boundaries_six_is_a_detractor_and_nine_a_promoter() -> None:
 
 def test_enps_extremes_and_empty() -> None:
     assert enps_summary([10, 9, 10, 9, 9], population=30)["enps"] == 100.0
-    # No spread at all: the interval has no width (documented; read n alongside).
-    assert enps_summary([10, 9, 10, 9, 9], population=30)["ci95"] == (100.0, 100.0)
+    # Five promoters are not proof that everyone would promote: P' = 5.75/8, D' = 0.75/8,
+    # centre 0.625, half 1.959964 · √((0.8125 − 0.390625) / 8) = 0.450085.
+    low, high = enps_summary([10, 9, 10, 9, 9], population=30)["ci95"]
+    assert (low, high) == (pytest.approx(17.4915, abs=1e-3), 100.0)
+    # …and when all of them answered, still not (n = N keeps the width).
+    assert enps_summary([10, 9, 10, 9, 9], population=5)["ci95"] == (low, high)
     assert enps_summary([0, 1, 2], population=30)["enps"] == -100.0
     empty = enps_summary([], population=30)
     assert (empty["enps"], empty["promoters"], empty["ci95"]) == (None, None, None)
@@ -253,9 +260,14 @@ def test_trend_edge_cases() -> None:
     # Both runs without spread and the same: nothing to test.
     same = trend([3, 3, 3], [3, 3, 3])
     assert (same["change"], same["p_value"], same["significant"]) == (0.0, None, False)
-    # Both without spread but different: every single answer moved, which is a change.
-    moved = trend([3, 3, 3, 3, 3], [5, 5, 5, 5, 5])
-    assert (moved["p_value"], moved["significant"]) == (0.0, True)
+    # Both without spread: no test (Welch would say p = 0, "significant", from 2 answers).
+    moved = trend([3, 3], [5, 5])
+    assert (moved["change"], moved["p_value"], moved["significant"]) == (2.0, None, False)
+    # Smaller than min_group on one side: no test either.
+    small = trend([3, 4, 2, 5], [5, 4, 5, 4, 5, 4], min_group=5)
+    assert (small["p_value"], small["significant"]) == (None, False)
+    # One run with spread is enough for a test.
+    assert trend([3, 3, 3, 3, 3], [5, 4, 5, 4, 5], min_group=5)["significant"] is True
     with pytest.raises(ValueError, match="likert or enps"):
         trend([1, 2], [1, 2], kind="choice")
     with pytest.raises(ValueError, match="1 to 5"):
@@ -387,7 +399,11 @@ def test_adkar_barrier_is_the_first_element_at_three_or_below() -> None:
     assert adkar_barrier(means) == "knowledge"  # ability is lower, but knowledge comes first
     assert adkar_barrier({**means, "desire": 3.0}) == "desire"  # 3.0 itself counts
     assert adkar_barrier({**means, "knowledge": 3.01, "ability": 3.5}) is None
-    # Missing elements are skipped, not read as low.
-    assert adkar_barrier({"awareness": None, "desire": 4.0, "ability": 2.0}) == "ability"
-    assert adkar_barrier({"awareness": math.nan, "desire": 1.0}) == "desire"
+    # A hidden element (None) before the first barrier could be the barrier: unknown.
+    assert adkar_barrier({"awareness": None, "desire": 4.0, "ability": 2.0}) == UNKNOWN
+    assert adkar_barrier({"awareness": math.nan, "desire": 1.0}) == UNKNOWN
+    assert adkar_barrier({"awareness": 2.0, "desire": None}) == "awareness"  # found before
+    assert adkar_barrier({"awareness": 4.0, "desire": None}) == UNKNOWN  # might be desire
+    # Elements the survey does not measure are left out of means, and skipped.
+    assert adkar_barrier({"awareness": 4.0, "ability": 2.0}) == "ability"
     assert adkar_barrier({}) is None
