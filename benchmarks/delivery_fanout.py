@@ -52,7 +52,7 @@ from sqlmodel import Session, col, select  # noqa: E402
 
 from bot.store.db import make_engine, upgrade  # noqa: E402
 from bot.store.models import AnnouncementSend, Delivery, RateBudget, SchedulerMark  # noqa: E402
-from tests.slack.fake_slack import FakeSlack  # noqa: E402
+from tests.slack.fake_slack import BOT_TOKEN, FakeSlack  # noqa: E402
 
 TEMPLATE = "training-opens"
 RESOLVE_LIMIT = 10.0  # seconds to resolve a 10,000-person audience
@@ -186,7 +186,7 @@ def child_environment(
     env.update(
         {
             "SLACK_API_URL": slack_url,
-            "SLACK_BOT_TOKEN": "xoxb-benchmark",
+            "SLACK_BOT_TOKEN": BOT_TOKEN,  # the token the loopback Slack issued
             "DATABASE_URL": database_url,
             "MOBILIZE_CONTENT_DIR": str(content_dir),
             "MOBILIZE_SEND_RATE": str(rate),

@@ -124,6 +124,8 @@ class Service:
             engine=self.engine, db=self.db, support_channel=settings.support_channel
         )
         self.announcer = make_announcer(settings, self.db, self.chat)
+        # Reports and notices share the outbox's rate budget (and its 429 pauses).
+        self.chat.charge_to(self.announcer.outbox.budget, self.announcer.outbox.limits)
         self.surveys = make_survey_runner(settings, self.db, self.chat, self.announcer.directory)
         self.announcer.survey_render = self.surveys.render
         errors = self.announcer.load() + self.surveys.load()

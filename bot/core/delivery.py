@@ -111,6 +111,10 @@ class Limits:
     burst: float = 20.0
     edits_per_second: float = 0.8  # Tier 3 (50+/min) for chat.update / chat.delete
     per_channel_interval: float = 1.0  # Slack: 1 message per second per channel
+    # Reconcile's searches (conversations.open / conversations.history, Tier 3) have a bucket
+    # of their own: a 429 there must not stop the sending.
+    reads_per_second: float = 0.8
+    read_burst: float = 3.0
 
 
 class Budget:
@@ -158,6 +162,42 @@ class Budget:
                 return row.paused_until - now
             tokens = min(burst, row.tokens + (now - row.updated) * rate)
             return max(0.001, (count - tokens) / rate)
+
+    def borrow(self, name: str, *, rate: float, burst: float, debt: float | None = None) -> float:
+        """Take one token for an interactive call (an answer, a notice, a confirmation), which
+        must not queue behind the outbox: it may take the bucket below zero, down to `-debt`
+        (a burst's worth by default), and the outbox's workers repay by waiting. Returns 0 when
+        taken, else the seconds to wait: a 429's pause, or the debt at its limit. One
+        conditional UPDATE, like `take()`."""
+        now = self.clock()
+        floor = -(burst if debt is None else debt)
+        refilled = RateBudget.tokens + (now - col(RateBudget.updated)) * rate
+        level = case((refilled > burst, burst), else_=refilled)
+        with self.db.begin() as connection:
+            taken = connection.execute(
+                update(RateBudget)
+                .where(
+                    col(RateBudget.name) == name,
+                    col(RateBudget.paused_until) <= now,
+                    level - 1 >= floor,
+                )
+                .values(tokens=level - 1, updated=now)
+            )
+        if taken.rowcount == 1:
+            return 0.0
+        with Session(self.db) as session:
+            row = session.get(RateBudget, name)
+            if row is None:
+                try:
+                    session.add(RateBudget(name=name, tokens=burst, updated=now))
+                    session.commit()
+                except IntegrityError:
+                    session.rollback()
+                return self.borrow(name, rate=rate, burst=burst, debt=debt)
+            if row.paused_until > now:
+                return row.paused_until - now
+            tokens = min(burst, row.tokens + (now - row.updated) * rate)
+            return max(0.001, (floor + 1 - tokens) / rate)
 
     def pause(self, name: str, seconds: float) -> None:
         """Hold every worker on this bucket for `seconds` (a Retry-After). The bucket is empty
@@ -414,6 +454,18 @@ class Outbox:
         settled = 0
         for row in taken:
             assert row.id is not None
+            # The search has its own budget (conversations.open when the channel is unknown,
+            # then conversations.history): when it is spent or paused by a 429, the row waits
+            # in doubt and the worker goes on sending instead of waiting here.
+            wait = self.budget.take(
+                "reads",
+                rate=self.limits.reads_per_second,
+                burst=self.limits.read_burst,
+                count=1 if row.channel else 2,
+            )
+            if wait > 0:
+                self._hold_in_doubt(row.id, seconds=max(1.0, wait))
+                continue
             # as_utc: SQLite gives naive datetimes, which .timestamp() would take as local time
             since = as_utc(row.claimed_at or now) - timedelta(minutes=5)
             found = self.sender.find(
@@ -433,19 +485,24 @@ class Outbox:
             elif found.permanent:
                 self._finish(row.id, state="failed", error=found.error)
             else:
-                # The search itself failed (429, outage): leave it in doubt, try later.
-                with Session(self.db) as session:
-                    session.execute(
-                        update(Delivery)
-                        .where(col(Delivery.id) == row.id)
-                        .values(lease_until=self.clock() + timedelta(seconds=30))
-                    )
-                    session.commit()
+                # The search itself failed (429, outage): leave it in doubt, try later. A 429
+                # pauses the searches only; posting goes on.
+                self._hold_in_doubt(row.id, seconds=30)
                 if found.retry_after:
-                    self.budget.pause("posts", found.retry_after)
+                    self.budget.pause("reads", found.retry_after)
                 continue
             settled += 1
         return settled
+
+    def _hold_in_doubt(self, delivery_id: int, *, seconds: float) -> None:
+        """Leave a row in doubt for `seconds` more before the next search."""
+        with Session(self.db) as session:
+            session.execute(
+                update(Delivery)
+                .where(col(Delivery.id) == delivery_id)
+                .values(lease_until=self.clock() + timedelta(seconds=seconds))
+            )
+            session.commit()
 
     # --- edits: update and recall -------------------------------------------------------
 

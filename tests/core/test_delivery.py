@@ -379,7 +379,9 @@ def test_an_in_doubt_row_stays_in_doubt_when_the_search_fails(
     clock.advance(31)
     assert outbox.drain_once() == 0
     assert delivery(db, row_id).state == "sending"
-    assert paused_until(db, "posts") == (clock.now() + timedelta(seconds=20)).timestamp()
+    # A 429 on the search pauses the searches only, never the sends.
+    assert paused_until(db, "reads") == (clock.now() + timedelta(seconds=20)).timestamp()
+    assert paused_until(db, "posts") == 0.0
     assert sender.attempts == []
 
     clock.advance(31)

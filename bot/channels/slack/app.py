@@ -7,17 +7,20 @@ import logging
 import re
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from slack_bolt import Ack, App, BoltResponse, Respond
 from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError, SlackClientError
 from sqlalchemy import Engine
-from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session
 
-from bot.channels.slack.chat import SlackChat, call
+from bot.channels.slack.chat import SlackChat, call, slack_error_code
+from bot.channels.slack.clicks import ACKS_FIRST, Confirmations, respond
+from bot.channels.slack.events import EventLedger
 from bot.channels.slack.render import action_id_of, to_blocks, to_payload
+from bot.channels.slack.text import parse, question
 from bot.core import messages as m
 from bot.core.announcements.announcer import Announcer
 from bot.core.announcements.templates import Recipient, TemplateRenderError
@@ -25,17 +28,12 @@ from bot.core.faq.desk import Asker, FaqDesk
 from bot.core.faq.gaps import picks
 from bot.core.messages import Address, Message, Posted
 from bot.core.surveys.runs import SurveyClosed, SurveyDesk
-from bot.metrics import ANSWER_SECONDS, DUPLICATES, EVENTS, QUESTIONS
-from bot.store.models import SlackEvent
+from bot.metrics import ANSWER_SECONDS, DUPLICATES, EVENTS, QUESTIONS, SLACK_ERRORS
 
 log = logging.getLogger(__name__)
-IGNORED_SUBTYPES = {
-    "message_changed",
-    "message_deleted",
-    "bot_message",
-    "channel_join",
-    "channel_leave",
-}
+# Message subtypes that are something a person said; every other subtype (edits, deletions,
+# joins, topic changes, bot messages, huddles, …) is not a question or a reply.
+SPOKEN_SUBTYPES = frozenset({None, "thread_broadcast", "file_share", "me_message"})
 
 
 def build_app(
@@ -50,18 +48,34 @@ def build_app(
     surveys: SurveyDesk | None = None,
 ) -> App:
     """A Bolt app answering DMs, mentions and /ask, with feedback, escalation and App Home."""
-    app = App(client=client, signing_secret=signing_secret, token_verification_enabled=False)
+    app = App(
+        client=client,
+        signing_secret=signing_secret,
+        token_verification_enabled=False,
+        # Each request's thread waits for its listener to ack() from this pool: sized so a
+        # burst is acked while other listeners wait on Slack (Bolt's default is 5 threads).
+        listener_executor=ThreadPoolExecutor(LISTENER_THREADS, thread_name_prefix="listener"),
+    )
+    ledger = EventLedger(db)
     chat = SlackChat(client)
+    if announcer is not None:  # answers, tickets and notices share the outbox's rate budget
+        chat.charge_to(announcer.outbox.budget, announcer.outbox.limits)
+    confirmations = Confirmations(chat)
 
     @app.middleware
     def drop_retried_events(body: dict[str, Any], next: Any) -> BoltResponse | None:
-        """A retried event (same event_id) is acked and dropped, also after a restart."""
+        """A retried event (same event_id) is acked and dropped once it has been handled, also
+        after a restart; one claimed but never handled (a crash) is handled again."""
         event_id = body.get("event_id") if body.get("type") == "event_callback" else None
-        if event_id and not _first_time(db, str(event_id)):
+        if event_id and not ledger.claim(str(event_id)):
             DUPLICATES.inc()
             return BoltResponse(status=200, body="")
         next()
         return None
+
+    def handled(body: dict[str, Any]) -> None:
+        if body.get("event_id"):
+            ledger.done(str(body["event_id"]))
 
     def ask(text: str, asker: Asker) -> Message:
         started = time.perf_counter()
@@ -71,10 +85,19 @@ def build_app(
         return reply.message
 
     @app.event("message")
-    def on_message(event: dict[str, Any]) -> None:
-        if event.get("subtype") in IGNORED_SUBTYPES or event.get("bot_id") or not event.get("user"):
+    def on_message(event: dict[str, Any], context: dict[str, Any], body: dict[str, Any]) -> None:
+        message_event(event, context)
+        handled(body)  # not reached when handling raised: Slack's retry tries again
+
+    def message_event(event: dict[str, Any], context: dict[str, Any]) -> None:
+        if (
+            event.get("subtype") not in SPOKEN_SUBTYPES
+            or event.get("bot_id")
+            or not event.get("user")
+        ):
             return
-        words = str(event.get("text") or "").split()
+        raw = str(event.get("text") or "")
+        words = question(raw, bot_user_id=str(context.get("bot_user_id") or "")).split()
         command = " ".join(words).lower()
         if surveys is not None and event.get("channel_type") == "im" and command in SURVEY_WORDS:
             EVENTS.labels(kind="survey_pause").inc()
@@ -94,16 +117,12 @@ def build_app(
                 Address(str(event["channel"])), preview(announcer, words[1], str(event["user"]))
             )
             return
-        text, user, channel = (
-            str(event.get("text") or ""),
-            str(event["user"]),
-            str(event.get("channel", "")),
-        )
+        text, user, channel = " ".join(words), str(event["user"]), str(event.get("channel", ""))
         thread_ts = event.get("thread_ts")
         if channel == support_channel and thread_ts and thread_ts != event.get("ts"):
             EVENTS.labels(kind="support_reply").inc()
             desk.relay_reply(
-                channel=channel, thread_ts=str(thread_ts), user_id=user, text=text, chat=chat
+                channel=channel, thread_ts=str(thread_ts), user_id=user, text=parse(raw), chat=chat
             )
             return
         if event.get("channel_type") != "im":
@@ -116,7 +135,11 @@ def build_app(
         )
 
     @app.event("app_mention")
-    def on_mention(event: dict[str, Any]) -> None:
+    def on_mention(event: dict[str, Any], context: dict[str, Any], body: dict[str, Any]) -> None:
+        mention_event(event, context)
+        handled(body)
+
+    def mention_event(event: dict[str, Any], context: dict[str, Any]) -> None:
         if event.get("bot_id") or not event.get("user"):
             return
         channel = str(event.get("channel", ""))
@@ -124,15 +147,39 @@ def build_app(
             return  # a reply in a ticket thread: the message listener relays it
         EVENTS.labels(kind="mention").inc()
         thread = str(event.get("thread_ts") or event.get("ts") or "")
-        message = ask(str(event.get("text") or ""), Asker(str(event["user"]), channel, thread))
+        text = question(
+            str(event.get("text") or ""), bot_user_id=str(context.get("bot_user_id") or "")
+        )
+        message = ask(text, Asker(str(event["user"]), channel, thread))
         chat.post(Address(channel, thread), message)
+
+    # /ask is answered in the ack when the answer is ready within ASK_BUDGET seconds; else
+    # acked empty at once and answered through the command's response_url.
+    answers = ThreadPoolExecutor(ANSWER_THREADS, thread_name_prefix="ask")
+
+    def answer_later(done: Future[Message], response_url: str, user: str) -> None:
+        try:
+            message = done.result()
+        except Exception:
+            log.exception("answering /ask failed")
+            message = m.say("Sorry, I could not answer that just now. Please try again.")
+        body = {"response_type": "ephemeral", **to_payload(message)}
+        if not (response_url and respond(response_url, body)):
+            chat.post(Address(user), message)  # the asker's DM with the app
 
     @app.command("/ask")
     def on_ask(ack: Ack, command: dict[str, Any]) -> None:
         EVENTS.labels(kind="command").inc()
         user = str(command.get("user_id", ""))
         # Replies to a later click go to the asker's DM with the app, never to the channel.
-        message = ask(str(command.get("text") or ""), Asker(user, user))
+        pending = answers.submit(ask, question(str(command.get("text") or "")), Asker(user, user))
+        try:
+            message = pending.result(timeout=ASK_BUDGET)
+        except FutureTimeout:
+            ack()  # well within Slack's 3 s; the answer follows
+            url = str(command.get("response_url") or "")
+            pending.add_done_callback(lambda done: answer_later(done, url, user))
+            return
         ack(response_type="ephemeral", **to_payload(message))
 
     @app.action(re.compile(r"^faq\."))
@@ -187,27 +234,30 @@ def build_app(
     # stored behind, by one thread in arrival order: a burst never holds up the acks Slack
     # needs within 3 s (more threads only take the GIL from the acks: see
     # benchmarks/survey_clicks.py), and one person's clicks are stored in the order they came.
+    # The thread only stores: showing the answer in Slack is the confirmations' job, so
+    # storing never waits behind Slack.
     clicks = ThreadPoolExecutor(max_workers=1, thread_name_prefix="survey-clicks")
 
     def record_answer(
-        interaction: m.Interaction, run_id: int, question_id: str, value: Any
+        interaction: m.Interaction, response_url: str, run_id: int, question_id: str, value: Any
     ) -> None:
         assert surveys is not None
+        ACKS_FIRST.wait()  # a burst's acks first; the answers are stored right after
         try:
             copy = surveys.answer(
                 run_id=run_id, user_id=interaction.user_id, question_id=question_id, value=value
             )
         except SurveyClosed as exc:
-            chat.post(
-                Address(interaction.channel_id, only_for=interaction.user_id), m.say(str(exc))
-            )
+            only_for = Address(interaction.channel_id, only_for=interaction.user_id)
+            confirmations.tell(only_for, m.say(str(exc)), response_url)
             return
         except ValueError:
             return
         except Exception:  # the executor would drop it silently
             log.exception("storing a survey answer failed")
             return
-        chat.update(Posted(interaction.channel_id, interaction.message_ts), copy)
+        posted = Posted(interaction.channel_id, interaction.message_ts)
+        confirmations.show(posted, copy, response_url)
 
     @app.action(re.compile(r"^survey\.answer"))
     def on_survey_answer(ack: Ack, body: dict[str, Any], action: dict[str, Any]) -> None:
@@ -219,7 +269,7 @@ def build_app(
         parsed = _survey_value(body, action)
         if parsed is None:
             return
-        clicks.submit(record_answer, interaction, *parsed)
+        clicks.submit(record_answer, interaction, str(body.get("response_url") or ""), *parsed)
 
     @app.action(re.compile(r"^survey\.comment"))
     def on_survey_comment(ack: Ack, body: dict[str, Any], action: dict[str, Any]) -> None:
@@ -237,6 +287,7 @@ def build_app(
             "q": question_id,
             "channel": interaction.channel_id,
             "ts": interaction.message_ts,
+            "url": str(body.get("response_url") or ""),  # to show the comment when saved
         }
         view = comment_modal(question.text, str(current), json.dumps(meta))
         call(client, "views.open", trigger_id=str(body.get("trigger_id", "")), view=view)
@@ -262,7 +313,8 @@ def build_app(
             return
         ack()
         if meta.get("channel") and meta.get("ts"):
-            chat.update(Posted(str(meta["channel"]), str(meta["ts"])), copy)
+            posted = Posted(str(meta["channel"]), str(meta["ts"]))
+            confirmations.show(posted, copy, str(meta.get("url") or ""))
 
     @app.action(re.compile(r"^survey\.pause"))
     def on_survey_pause(ack: Ack, body: dict[str, Any], action: dict[str, Any]) -> None:
@@ -289,7 +341,8 @@ def build_app(
             return
         copy = announcer.acknowledge(send_id=send_id, user_id=interaction.user_id)
         if copy is not None and interaction.message_ts:
-            chat.update(Posted(interaction.channel_id, interaction.message_ts), copy)
+            posted = Posted(interaction.channel_id, interaction.message_ts)
+            confirmations.show(posted, copy, str(body.get("response_url") or ""))
 
     def publish_home(user: str) -> None:
         home = home_message(desk, admin=user in admins)
@@ -297,11 +350,11 @@ def build_app(
         call(client, "views.publish", user_id=user, view=view)
 
     @app.event("app_home_opened")
-    def on_home(event: dict[str, Any]) -> None:
-        if event.get("tab", "home") != "home":
-            return
-        EVENTS.labels(kind="home").inc()
-        publish_home(str(event.get("user", "")))
+    def on_home(event: dict[str, Any], body: dict[str, Any]) -> None:
+        if event.get("tab", "home") == "home":
+            EVENTS.labels(kind="home").inc()
+            publish_home(str(event.get("user", "")))
+        handled(body)
 
     @app.error
     def on_error(error: Exception, body: dict[str, Any]) -> None:
@@ -309,6 +362,13 @@ def build_app(
 
     return app
 
+
+# Threads of Bolt's listener pool (each request waits for its listener to ack from it).
+LISTENER_THREADS = 32
+# /ask: how long the command waits for its answer before acking empty and answering through
+# the response_url; threads computing the answers.
+ASK_BUDGET = 1.5
+ANSWER_THREADS = 4
 
 SURVEY_WORDS = {"pause surveys", "resume surveys", "stop surveys", "pause survey"}
 
@@ -404,9 +464,13 @@ class Admins:
             return frozenset()
         with self._lock:
             if time.monotonic() - self._fetched > self.ttl:
-                data = call(self.client, "usergroups.users.list", usergroup=self.group)
-                if data is not None:
-                    self._members = frozenset(str(u) for u in data.get("users") or [])
+                try:
+                    response = self.client.usergroups_users_list(usergroup=self.group)
+                    self._members = frozenset(str(u) for u in response.get("users") or [])
+                except (SlackApiError, SlackClientError, OSError) as exc:
+                    code = slack_error_code(exc)
+                    SLACK_ERRORS.labels(method="usergroups.users.list", error=code).inc()
+                    log.error("reading MOBILIZE_ADMIN_GROUP %s failed: %s", self.group, code)
                 self._fetched = time.monotonic()
             return self._members
 
@@ -442,17 +506,6 @@ def home_message(desk: FaqDesk, *, admin: bool = False) -> Message:
                 for p in found
             )
     return m.say(*lines, *parts, buttons=approve)
-
-
-def _first_time(db: Engine, event_id: str) -> bool:
-    with Session(db) as session:
-        session.add(SlackEvent(event_id=event_id))
-        try:
-            session.commit()
-        except IntegrityError:
-            session.rollback()
-            return False
-    return True
 
 
 def _interaction(body: dict[str, Any], action: dict[str, Any]) -> m.Interaction:

@@ -12,7 +12,7 @@ from urllib.error import URLError
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
 
-from bot.channels.slack.chat import slack_error_code
+from bot.channels.slack.chat import retry_after, slack_error_code
 from bot.channels.slack.render import to_payload
 from bot.core.delivery import IN_DOUBT, SendResult
 from bot.core.messages import Message
@@ -45,15 +45,9 @@ class SlackSender:
             return dict(response.data) if isinstance(response.data, dict) else {}, None
         except SlackApiError as exc:
             code = slack_error_code(exc)
-            retry_after = None
-            if exc.response is not None and exc.response.status_code == 429:
-                header = exc.response.headers.get("Retry-After") or exc.response.headers.get(
-                    "retry-after"
-                )
-                retry_after = float(header[0] if isinstance(header, list) else header or 1)
             SLACK_ERRORS.labels(method=method, error=code).inc()
             log.warning("slack %s failed: %s", method, code)
-            return None, SendResult(ok=False, error=code, retry_after=retry_after)
+            return None, SendResult(ok=False, error=code, retry_after=retry_after(exc))
         except (SlackClientError, OSError) as exc:
             # urllib raises URLError when connecting or sending failed: Slack never had the
             # request. Other errors (a timeout, a dropped connection) come while waiting for
@@ -90,6 +84,9 @@ class SlackSender:
     def find(
         self, *, recipient: str, channel: str, delivery_id: int, since: datetime
     ) -> SendResult:
+        """Search the conversation for the delivery id. Its calls (conversations.open and
+        conversations.history, Tier 3) are charged by the outbox to a budget of their own, and
+        a 429 here comes back as `retry_after`, which pauses that budget only, not the sends."""
         if not channel:
             if recipient[:1] in {"U", "W"}:
                 data, error = self._call("conversations.open", users=recipient)

@@ -188,7 +188,9 @@ def test_an_acknowledgement_is_recorded_once_and_the_copy_loses_its_button(
     channel, ts = where(copy)
 
     assert bot.click(ack, user="U1", channel=channel, message_ts=ts)[0] == 200
-    (updated,) = slack.wait_for("chat.update", where=lambda c: c.params.get("ts") == ts)
+    # Shown through the click's response_url (replace_original), not a Tier-3 chat.update.
+    (updated,) = slack.wait_for("response_url")
+    assert updated.params["replace_original"] is True
     labels = [element["text"]["text"] for element in buttons(updated.params["blocks"])]
     assert labels == ["Save your old documents"]
     assert ACKNOWLEDGED in block_text(updated.params["blocks"])
@@ -198,8 +200,9 @@ def test_an_acknowledgement_is_recorded_once_and_the_copy_loses_its_button(
 
     # A second click (from a copy that had not refreshed yet) changes nothing.
     assert bot.click(ack, user="U1", channel=channel, message_ts=ts)[0] == 200
-    again = slack.wait_for("chat.update", count=2, where=lambda c: c.params.get("ts") == ts)
+    again = slack.wait_for("response_url", count=2)
     assert again[1].params["blocks"] == updated.params["blocks"]
+    assert [call for call in slack.calls_to("chat.update") if call.params.get("ts") == ts] == []
     assert delivery(bot.service.db, delivery_id_of(copy)).acked_at == row.acked_at
     assert announcer.status(send_id)["acknowledged"] == 1
 
@@ -247,7 +250,7 @@ def test_a_reminder_goes_to_who_has_not_acknowledged_and_its_click_counts(
         channel=u1[0],
         message_ts=u1[1],
     )
-    slack.wait_for("chat.update", where=lambda c: c.params.get("ts") == u1[1])
+    slack.wait_for("response_url")
 
     clock[0] += timedelta(days=1)
     deliver(bot)
@@ -264,7 +267,7 @@ def test_a_reminder_goes_to_who_has_not_acknowledged_and_its_click_counts(
     bot.click(
         button(to_u2.params["blocks"], "I've read this"), user="U2", channel=channel, message_ts=ts
     )
-    slack.wait_for("chat.update", where=lambda c: c.params.get("ts") == ts)
+    slack.wait_for("response_url", count=2)
     assert announcer.status(parent_id)["acknowledged"] == 2
     clock[0] += timedelta(days=3)
     deliver(bot)
