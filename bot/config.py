@@ -75,6 +75,12 @@ class Settings(BaseSettings):
     # must outlast one post (the outbox's Web API client: 15 s timeout, no retries).
     lease_seconds: float = Field(default=120.0, ge=20, alias="MOBILIZE_LEASE_SECONDS")
 
+    @field_validator("survey_secret_file", mode="before")
+    @classmethod
+    def _no_empty_path(cls, value: object) -> object:
+        # `MOBILIZE_SURVEY_SECRET_FILE=` (as in .env.example) means unset, not the folder ".".
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("slack_api_url")
     @classmethod
     def _api_url(cls, value: str) -> str:
