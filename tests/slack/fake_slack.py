@@ -413,9 +413,10 @@ class FakeSlack:
             _Limit(POST_WORKSPACE, False, POST_WORKSPACE_BURST),
         ]
         for method, per_minute in rules.METHOD_TIERS.items():
-            # Slack allows short bursts above the tier's average rate.
-            burst = max(3.0, per_minute / 6)
-            self._limits[method] = [_Limit(per_minute / 60, False, burst)]
+            # "20 per minute" as a bucket: a minute's worth at once, then one every 3 s.
+            # Slack's docs allow "occasional bursts" without saying how large; a minute's
+            # worth is the most a per-minute window can ever admit.
+            self._limits[method] = [_Limit(per_minute / 60, False, float(per_minute))]
 
     def add_method(
         self,

@@ -224,7 +224,7 @@ def test_tier_2_users_list_is_paced_by_retries(tmp_path: Path) -> None:
     from bot.channels.slack.chat import make_client
 
     with FakeSlack() as fake:
-        for n in range(60):
+        for n in range(250):
             fake.add_user(f"U{n:05d}", name=f"user{n}")
         client = make_client(token="xoxb-test-token", base_url=fake.url, max_retries=3)
         client.proxy = None
