@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export OPENBLAS_NUM_THREADS := 1
 
-.PHONY: install demo run test lint bench bench-faq bench-delivery bench-surveys clean
+.PHONY: install demo run test lint bench bench-faq bench-serving bench-delivery bench-surveys clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,10 +32,13 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/pytest
 
-bench: bench-faq bench-delivery bench-surveys
+bench: bench-faq bench-serving bench-delivery bench-surveys
 
 bench-faq: $(STAMP)
 	$(BIN)/python benchmarks/faq_matching.py --dataset all --kb all
+
+bench-serving: $(STAMP)
+	$(BIN)/python benchmarks/serving.py
 
 bench-delivery: $(STAMP)
 	$(BIN)/python benchmarks/audience_resolution.py

@@ -13,7 +13,14 @@ phrasings only (`calibrate`), then runs `evaluate` on cases.csv: every question 
 decided one at a time, with its embedding computed live, so p50/p99 are serving latencies.
 
 Knowledge-base and case embeddings are cached in benchmarks/.cache/embeddings-<model>.npz, so
-only the first run pays for encoding (~70 s for both datasets on 2 cores).
+only the first run pays for encoding (~70 s for both datasets on 2 cores); `--cache DIR` uses
+another folder (a fresh one: every vector from the chosen `--backend`).
+
+The encoder is the serving one, ONNX Runtime (its export kept in <cache>/models/); `--backend
+torch` runs PyTorch instead. Beside p50/p99 from `evaluate`, each row times 500 of the same
+questions through two fresh matchers over the same knowledge-base vectors, ONNX (cmp_p50_ms,
+cmp_p99_ms) and the PyTorch encoder (base_p50_ms, base_p99_ms), interleaved, so the ratio holds
+on a noisy machine (`--no-baseline` skips it).
 
 `--fit` reproduces how matcher.py's SEMANTIC_*/LEXICAL_* constants were chosen: every
 training phrasing of the four knowledge bases is held out once (5 folds) and ranked against a
@@ -50,10 +57,11 @@ from bot.core.faq.embed import (
     CachedEmbedder,
     Embedder,
     load_embedder,
+    load_torch_embedder,
 )
 from bot.core.faq.evaluate import EvalCase, evaluate
 from bot.core.faq.matcher import Matcher
-from bot.core.faq.policy import calibrate
+from bot.core.faq.policy import Policy, calibrate
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "faq-benchmarks"
@@ -70,7 +78,10 @@ COLUMNS = (
     "oos_rejection",
     "p50_ms",
     "p99_ms",
+    "base_p50_ms",
+    "base_p99_ms",
 )
+BASELINE_QUESTIONS = 500  # questions timed for the ONNX-vs-PyTorch comparison, per row
 
 Entries = list[tuple[str, list[str]]]
 F32 = npt.NDArray[np.float32]
@@ -147,7 +158,13 @@ class NpzEmbeddingCache:
 
 
 def run_one(
-    data: Path, dataset: str, kb: str, *, embedder: Embedder | None, oos: int = 0
+    data: Path,
+    dataset: str,
+    kb: str,
+    *,
+    embedder: Embedder | None,
+    oos: int = 0,
+    baseline: Embedder | None = None,
 ) -> dict[str, float | int | str | None]:
     entries = read_kb(data / dataset / f"kb-{kb}.tsv")
     cases = read_cases(data / dataset / "cases.csv")
@@ -174,6 +191,9 @@ def run_one(
     # Latencies are only meaningful on an otherwise idle machine: this process alone keeps
     # the 1-minute load near 1.
     load = max(load_before, os.getloadavg()[0])
+    compared: dict[str, float] = {}
+    if baseline is not None and embedder is not None:
+        compared = compare_latency(entries, cases, policy, embedder, baseline)
     return {
         "dataset": dataset,
         "kb": kb,
@@ -186,6 +206,35 @@ def run_one(
         "calibrate_s": round(calibrate_s, 2),
         "answer_threshold": policy.answer_threshold,
         "load_1m": round(load, 2),
+        **compared,
+    }
+
+
+def compare_latency(
+    entries: Entries,
+    cases: Sequence[EvalCase],
+    policy: Policy,
+    embedder: Embedder,
+    baseline: Embedder,
+) -> dict[str, float]:
+    """Per-question latency (rank + decide, query embedding included) of fresh matchers over
+    the same knowledge-base vectors, one with `embedder`, one with `baseline` (the PyTorch
+    encoder), on the same questions, interleaved so that machine noise hits both alike."""
+    if isinstance(embedder, CachedEmbedder):
+        baseline = CachedEmbedder(baseline, embedder.cache)
+    matchers = [Matcher(entries, embedder=embedder), Matcher(entries, embedder=baseline)]
+    picked = np.random.default_rng(1).permutation(len(cases))[:BASELINE_QUESTIONS]
+    times: list[list[float]] = [[], []]
+    for turn, index in enumerate(picked.tolist()):
+        for which in (turn % 2, 1 - turn % 2):
+            started = time.perf_counter()
+            policy.decide(matchers[which].rank(cases[index].question, k=5))
+            times[which].append((time.perf_counter() - started) * 1000.0)
+    return {
+        "cmp_p50_ms": round(float(np.percentile(times[0], 50)), 2),
+        "cmp_p99_ms": round(float(np.percentile(times[0], 99)), 2),
+        "base_p50_ms": round(float(np.percentile(times[1], 50)), 2),
+        "base_p99_ms": round(float(np.percentile(times[1], 99)), 2),
     }
 
 
@@ -195,6 +244,8 @@ def print_table(rows: Sequence[Mapping[str, float | int | str | None]]) -> None:
         "kb",
         "phrasings",
         *COLUMNS,
+        "cmp_p50_ms",
+        "cmp_p99_ms",
         "kb_embed_s",
         "build_s",
         "calibrate_s",
@@ -375,7 +426,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print JSON lines")
     parser.add_argument("--lexical", action="store_true", help="no embedder (lexical fallback)")
     parser.add_argument("--model", default=DEFAULT_MODEL)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--threads", type=int, default=None, help="encoder threads (1)")
+    parser.add_argument(
+        "--backend",
+        choices=["onnx", "torch"],
+        default="onnx",
+        help="the encoder: ONNX Runtime as served (default), or PyTorch",
+    )
+    parser.add_argument(
+        "--no-baseline",
+        action="store_true",
+        help="skip timing the PyTorch encoder beside ONNX (base_p50_ms/base_p99_ms)",
+    )
+    parser.add_argument(
+        "--cache", type=Path, default=CACHE_DIR, help=f"embedding cache folder ({CACHE_DIR})"
+    )
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--fit", action="store_true", help="re-derive the signal weights")
     parser.add_argument(
@@ -388,14 +453,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
-    cache = NpzEmbeddingCache(CACHE_DIR)
+    cache = NpzEmbeddingCache(args.cache)
     embedder: Embedder | None = None
-    load_s = 0.0
+    baseline: Embedder | None = None
+    load_s = base_load_s = 0.0
     if not args.lexical:
         started = time.perf_counter()
-        inner = load_embedder(args.model, threads=args.threads)
+        if args.backend == "onnx":  # the export is kept beside the embedding cache
+            inner = load_embedder(args.model, threads=args.threads, cache_dir=args.cache / "models")
+        else:
+            inner = load_torch_embedder(args.model, threads=args.threads)
         load_s = time.perf_counter() - started
         embedder = CachedEmbedder(inner, cache) if inner else None
+        if inner is not None and args.backend == "onnx" and not args.no_baseline and not args.fit:
+            started = time.perf_counter()
+            baseline = load_torch_embedder(args.model, threads=args.threads)
+            base_load_s = time.perf_counter() - started
     try:
         if args.fit:
             run_fit(args.data, embedder)
@@ -405,14 +478,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = []
         for dataset in datasets:
             for kb in kbs:
-                rows.append(run_one(args.data, dataset, kb, embedder=embedder, oos=args.oos))
+                rows.append(
+                    run_one(
+                        args.data, dataset, kb, embedder=embedder, oos=args.oos, baseline=baseline
+                    )
+                )
                 if args.json:
                     print(json.dumps({**rows[-1], "model_load_s": round(load_s, 2)}), flush=True)
     finally:
         cache.save()
     if not args.json:
-        model = "lexical only" if embedder is None else f"{args.model}"
-        print(f"model: {model}; load {load_s:.1f} s; cache: {CACHE_DIR}")
+        model = "lexical only" if embedder is None else f"{args.model} on {args.backend}"
+        print(f"model: {model}; load {load_s:.1f} s; cache: {args.cache}")
+        if baseline is not None:
+            print(
+                f"baseline: PyTorch (load {base_load_s:.1f} s); cmp_* = {args.backend} and base_* ="
+                f" PyTorch, the same {BASELINE_QUESTIONS} questions per row, interleaved"
+            )
         print_table(rows)
         if any(float(row["load_1m"] or 0) > 1.6 for row in rows):
             print("note: the machine was busy (load_1m > 1.6): latencies are inflated")

