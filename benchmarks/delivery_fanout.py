@@ -36,7 +36,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -52,6 +52,8 @@ from sqlmodel import Session, col, select  # noqa: E402
 
 from bot.store.db import make_engine, upgrade  # noqa: E402
 from bot.store.models import AnnouncementSend, Delivery, RateBudget, SchedulerMark  # noqa: E402
+from tests.auxil.db import committed  # noqa: E402
+from tests.auxil.loopback import LoopbackSlack  # noqa: E402
 from tests.slack.fake_slack import BOT_TOKEN, FakeSlack  # noqa: E402
 
 TEMPLATE = "training-opens"
@@ -60,42 +62,11 @@ RATE_SHARE = 0.90  # achieved / allowed
 MAX_429_SHARE = 0.01
 RSS_GROWTH_MB = 5.0  # peak RSS after 2,000 sent may exceed the peak before by this much
 RSS_MARK = 2_000  # sent messages: the "early" memory mark
-LEASE_SECONDS = 30  # short, for the crash run; ≥ bot.core.delivery.POST_BOUND (20 s)
+LEASE_SECONDS = 30  # short, for the crash run; ≥ bot.core.outbox.POST_BOUND (20 s)
 TERMINAL = ("sent", "failed", "skipped", "cancelled", "deleted")
 
 
 # --- the loopback Slack -----------------------------------------------------------------------
-
-
-class LoopbackSlack(FakeSlack):
-    """FakeSlack whose message timestamps follow the wall clock, as Slack's do.
-
-    FakeSlack numbers messages from 2023-11-14 on; the outbox's crash reconcile searches a
-    conversation from (claim time - 5 minutes), so with those timestamps it never finds a
-    message and would resend it."""
-
-    _last_us = 0
-    # Called once, by the next chat.postMessage, after the message is stored and before the
-    # answer goes back (delivery_crash.py kills the sender there).
-    on_post: Callable[[], None] | None = None
-
-    def _next_ts(self) -> str:
-        self._ts_counter += 1
-        self._last_us = max(int(time.time() * 1_000_000), self._last_us + 1)
-        return f"{self._last_us // 1_000_000}.{self._last_us % 1_000_000:06d}"
-
-    def _chat_post_message(self, params: dict[str, Any]) -> dict[str, Any]:
-        answer = super()._chat_post_message(params)
-        hook, self.on_post = self.on_post, None
-        if hook is not None:
-            hook()
-        return answer
-
-    def start(self) -> None:
-        super().start()
-        # A sender killed mid-request leaves the answer nowhere to go: not an error here.
-        if self._server is not None:
-            self._server.handle_error = lambda request, client_address: None  # type: ignore[method-assign]
 
 
 def populate(fake: FakeSlack, users: int) -> set[str]:
@@ -151,8 +122,9 @@ def _has_table(db: Engine, name: str) -> bool:
 def queue_send(db: Engine) -> int:
     from bot.core.announcements import sends
 
-    return sends.create_adhoc(
-        db=db,
+    return committed(
+        db,
+        sends.create_adhoc,
         template=TEMPLATE,
         audience=["everyone"],
         at=datetime.now(UTC),

@@ -31,7 +31,9 @@ faq_app = typer.Typer(
     help="The FAQ knowledge base: import, export, ask, evaluate, learn.", no_args_is_help=True
 )
 db_app = typer.Typer(help="The database.", no_args_is_help=True)
+teams_app = typer.Typer(help="Microsoft Teams: the app package.", no_args_is_help=True)
 app.add_typer(faq_app, name="faq")
+app.add_typer(teams_app, name="teams")
 app.add_typer(db_app, name="db")
 app.add_typer(announce_app, name="announce")
 app.add_typer(survey_app, name="survey")
@@ -122,18 +124,24 @@ def run(
     from bot.service import Service, slack_client
 
     settings = _settings()
-    socket_mode = bool(settings.slack_app_token) and not http
-    settings.require_slack(socket_mode=socket_mode)
+    teams_only = settings.teams_enabled and not settings.slack_enabled
+    socket_mode = bool(settings.slack_app_token) and not http and not teams_only
+    if not teams_only:
+        settings.require_slack(socket_mode=socket_mode)
+    if settings.teams_enabled:
+        settings.require_teams()
     service: Service | None = None
     try:
-        check_bot_token(slack_client(settings, max_retries=1))
+        if not teams_only:
+            check_bot_token(slack_client(settings, max_retries=1))
         service = Service(settings)
         link = SocketMode(service.app, app_token=settings.slack_app_token) if socket_mode else None
         if link is not None:
             link.connect()  # before anything is sent: a refused app token ends the run here
         service.watch_content()
         service.sync_learned()
-        service.start_announcements()
+        if not teams_only:  # announcements and surveys go out on Slack (Teams: not yet)
+            service.start_announcements()
         if link is not None:
             service.ready.set()
             console.print("Mobilize is running in Socket Mode. Ctrl-C stops it.")
@@ -144,9 +152,12 @@ def run(
         else:
             server = service.http_server(port=port, host=host)
             service.ready.set()
+            paths = ([] if teams_only else ["/slack/events"]) + (
+                ["/api/messages"] if settings.teams_enabled else []
+            )
             console.print(
-                f"Mobilize is listening on http://{host}:{server.port}/slack/events "
-                "(and /healthz, /metrics)."
+                f"Mobilize is listening on http://{host}:{server.port}{paths[0]} "
+                f"(and {', '.join([*paths[1:], '/healthz', '/metrics'])})."
             )
             server.serve_forever()
     except SlackStartError as exc:
@@ -213,6 +224,38 @@ def doctor(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
         render(report, console)
     if not report.ok:
         raise typer.Exit(1)
+
+
+@teams_app.command("package")
+def teams_package(
+    out: Annotated[Path, typer.Option("--out", help="Where to write the .zip.")] = Path(
+        "mobilize-teams.zip"
+    ),
+    domain: Annotated[
+        str, typer.Option(help="Your public host name, where /api/messages is served.")
+    ] = "mobilize.example.com",
+    version: Annotated[str, typer.Option(help="The app's version (raise it on each upload).")] = (
+        "1.0.0"
+    ),
+) -> None:
+    """Write the Teams app package (manifest.json and icons) for upload in Teams."""
+    from bot.channels.teams.package import package
+
+    settings = _settings()
+    if not settings.teams_app_id:
+        raise SettingsError(
+            "TEAMS_APP_ID is not set: put the bot's Microsoft App ID there (env or .env)"
+        )
+    try:
+        data = package(app_id=settings.teams_app_id, domain=domain, version=version)
+    except ValueError as exc:
+        err.print(f"[red]Cannot build the package:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from None
+    out.write_bytes(data)
+    console.print(
+        f"Wrote {escape(str(out))} ({len(data):,} bytes). Upload it in Teams: Apps → Manage "
+        "your apps → Upload an app (or the Teams admin center → Manage apps → Upload)."
+    )
 
 
 @db_app.command("upgrade")

@@ -27,7 +27,6 @@ from bot.core.announcements.templates import (
     SAMPLE_USER,
     Recipient,
     TemplateRenderError,
-    preview_blocks_url,
 )
 from bot.core.content import ContentError, ContentErrors
 from bot.store.audit import record
@@ -122,7 +121,7 @@ def preview_command(
     ] = None,
 ) -> None:
     """Show a template rendered: text, Block Kit JSON and a Block Kit Builder link."""
-    from bot.channels.slack.render import to_payload
+    from bot.channels.slack.render import preview_blocks_url, to_payload
 
     settings = get_settings()
     announcer, _db = _announcer(settings)
@@ -194,9 +193,16 @@ def send_command(
         return
     when = _parse_when(at, announcer.content.rollout.timezone)
     actor = _actor(by)
-    send_id = sends.create_adhoc(
-        db=db, template=template, audience=parts, at=when, by=actor, ack=template_obj.ack
-    )
+    with Session(db) as session:
+        send_id = sends.create_adhoc(
+            session=session,
+            template=template,
+            audience=parts,
+            at=when,
+            by=actor,
+            ack=template_obj.ack,
+        )
+        session.commit()
     record(
         db,
         actor=actor,
@@ -307,7 +313,7 @@ def export_command(
             writer.writerow(
                 [
                     row.recipient,
-                    row.kind,
+                    row.target,
                     row.name,
                     row.state,
                     row.error,
@@ -323,7 +329,9 @@ def _edit(send_id: int, op: str, by: str | None) -> None:
     settings = get_settings()
     _announcer_obj, db = _announcer(settings)
     _load_send(db, send_id)
-    copies = sends.request_edit(db=db, send_id=send_id, op=op, now=datetime.now(UTC))
+    with Session(db) as session:
+        copies = sends.request_edit(session=session, send_id=send_id, op=op, now=datetime.now(UTC))
+        session.commit()
     record(
         db,
         actor=_actor(by),
@@ -368,7 +376,9 @@ def resend_command(
     settings = get_settings()
     _announcer_obj, db = _announcer(settings)
     _load_send(db, send_id)
-    count = sends.resend_failed(db=db, send_id=send_id, now=datetime.now(UTC))
+    with Session(db) as session:
+        count = sends.resend_failed(session=session, send_id=send_id, now=datetime.now(UTC))
+        session.commit()
     record(db, actor=_actor(by), action="announce.resend", detail=f"#{send_id}: {count} failed")
     console.print(f"{count} failed deliveries of #{send_id} queued again.")
 
@@ -382,6 +392,8 @@ def cancel_command(
     settings = get_settings()
     _announcer_obj, db = _announcer(settings)
     _load_send(db, send_id)
-    count = sends.cancel(db=db, send_id=send_id)
+    with Session(db) as session:
+        count = sends.cancel(session=session, send_id=send_id)
+        session.commit()
     record(db, actor=_actor(by), action="announce.cancel", detail=f"#{send_id}: {count} pending")
     console.print(f"#{send_id} cancelled; {count} pending deliveries will not be sent.")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import unquote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, ValidationError, field_validator
@@ -35,7 +37,23 @@ HINTS: dict[str, str] = {
     "outside the database's folder and its backups (make one with `mobilize survey secret`)",
     "MOBILIZE_LEASE_SECONDS": "seconds a worker holds a delivery it is sending, at least 20, "
     "e.g. 120",
+    "TEAMS_APP_ID": "the bot's Microsoft App ID (a GUID) from its Azure Bot / Entra app "
+    "registration",
+    "TEAMS_APP_PASSWORD": "a client secret of that Entra app registration (Certificates & secrets)",
+    "TEAMS_TENANT_ID": "your Microsoft Entra tenant id (a GUID; Entra ID → Overview)",
+    "MOBILIZE_TEAMS_SUPPORT_CHANNEL": "the Teams channel id (19:…@thread.tacv2) where "
+    "escalated questions go (channel → ⋯ → Get link to channel: the part after /channel/, "
+    "URL-decoded)",
+    "TEAMS_OPENID_METADATA_URL": "the Bot Framework OpenID metadata URL (leave unset outside "
+    "tests)",
+    "TEAMS_TOKEN_URL": "the Entra token endpoint for the bot's credentials (leave unset outside "
+    "tests)",
+    "TEAMS_GRAPH_URL": "the Microsoft Graph host, e.g. https://graph.microsoft.com (leave unset "
+    "outside tests)",
 }
+
+
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 
 
 class SettingsError(Exception):
@@ -74,6 +92,18 @@ class Settings(BaseSettings):
     # How long a claimed delivery is held before another process may check and resend it;
     # must outlast one post (the outbox's Web API client: 15 s timeout, no retries).
     lease_seconds: float = Field(default=120.0, ge=20, alias="MOBILIZE_LEASE_SECONDS")
+    # Microsoft Teams (optional): the bot's Entra app registration and where tickets go.
+    teams_app_id: str = Field(default="", alias="TEAMS_APP_ID")
+    teams_app_password: str = Field(default="", alias="TEAMS_APP_PASSWORD")
+    teams_tenant_id: str = Field(default="", alias="TEAMS_TENANT_ID")
+    teams_support_channel: str = Field(default="", alias="MOBILIZE_TEAMS_SUPPORT_CHANNEL")
+    # Where Microsoft's services are; only tests point these elsewhere (loopback doubles).
+    teams_openid_metadata_url: str = Field(
+        default="https://login.botframework.com/v1/.well-known/openidconfiguration",
+        alias="TEAMS_OPENID_METADATA_URL",
+    )
+    teams_token_url: str = Field(default="", alias="TEAMS_TOKEN_URL")
+    teams_graph_url: str = Field(default="https://graph.microsoft.com", alias="TEAMS_GRAPH_URL")
 
     @field_validator("survey_secret_file", mode="before")
     @classmethod
@@ -120,6 +150,61 @@ class Settings(BaseSettings):
             if user_id[:1] not in {"U", "W"}:
                 raise ValueError(f"{user_id!r} is not a Slack user id")
         return value
+
+    @field_validator("teams_app_id", "teams_tenant_id")
+    @classmethod
+    def _guid(cls, value: str) -> str:
+        value = value.strip()
+        if value and not _GUID.match(value):
+            raise ValueError(f"{value!r} is not a GUID like 00000000-0000-0000-0000-000000000000")
+        return value
+
+    @field_validator("teams_support_channel")
+    @classmethod
+    def _teams_channel(cls, value: str) -> str:
+        value = unquote(value.strip())
+        if value and not (value.startswith("19:") and "@thread." in value and ";" not in value):
+            raise ValueError(f"{value!r} is not a Teams channel id (19:…@thread.tacv2)")
+        return value
+
+    @field_validator("teams_openid_metadata_url", "teams_token_url", "teams_graph_url")
+    @classmethod
+    def _teams_url(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with https:// (http:// only for a loopback test)")
+        return value
+
+    @property
+    def teams_enabled(self) -> bool:
+        """Teams is served when its app id is set."""
+        return bool(self.teams_app_id)
+
+    @property
+    def slack_enabled(self) -> bool:
+        """Slack is served when a bot token is set (a Teams-only deployment has none)."""
+        return bool(self.slack_bot_token)
+
+    @property
+    def teams_token_endpoint(self) -> str:
+        """Where the bot gets its own tokens: the tenant's Entra token endpoint."""
+        if self.teams_token_url:
+            return self.teams_token_url
+        tenant = self.teams_tenant_id or "botframework.com"
+        return f"https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token"
+
+    def require_teams(self) -> None:
+        """Raise SettingsError naming each Teams variable still missing when Teams is on."""
+        values = {
+            "TEAMS_APP_PASSWORD": self.teams_app_password,
+            "TEAMS_TENANT_ID": self.teams_tenant_id,
+        }
+        missing = [name for name, value in values.items() if not value]
+        if missing:
+            raise SettingsError(
+                "\n".join(
+                    f"{name} is not set: put {HINTS[name]} there (env or .env)" for name in missing
+                )
+            )
 
     def survey_key(self) -> bytes | None:
         """The deployment's survey secret, from one place: MOBILIZE_SURVEY_SECRET, else the

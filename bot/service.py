@@ -17,15 +17,16 @@ from bot.channels.slack.chat import SlackChat, make_client
 from bot.channels.slack.directory import SlackDirectory
 from bot.channels.slack.sender import SlackSender, outbox_client
 from bot.channels.slack.server import HttpServer, WebApp
+from bot.channels.teams.app import TeamsEndpoint, build_endpoint
 from bot.config import Settings
 from bot.core.announcements.announcer import Announcer
 from bot.core.announcements.audience import Directory
 from bot.core.content import ContentError, ContentErrors
-from bot.core.delivery import Limits
 from bot.core.faq.desk import FaqDesk
-from bot.core.faq.embed import CachedEmbedder, Embedder, load_embedder
+from bot.core.faq.embed import CachedEmbedder, Embedder, load_embedder, model_cache_dir
 from bot.core.faq.engine import FaqEngine
 from bot.core.messages import Address, Chat, say
+from bot.core.outbox import Limits
 from bot.core.surveys.runner import SurveyRunner
 from bot.metrics import CONTENT_RELOADS
 from bot.store.db import make_engine, upgrade
@@ -41,7 +42,7 @@ def make_embedder(settings: Settings, db: Engine) -> Embedder | None:
             "semantic matching disabled by MOBILIZE_EMBEDDING_MODEL; using lexical matching"
         )
         return None
-    inner = load_embedder(settings.embedding_model)
+    inner = load_embedder(settings.embedding_model, cache_dir=model_cache_dir(settings.sqlite_path))
     return CachedEmbedder(inner, DbEmbeddingCache(db)) if inner else None
 
 
@@ -127,7 +128,8 @@ class Service:
         # Reports and notices share the outbox's rate budget (and its 429 pauses).
         self.chat.charge_to(self.announcer.outbox.budget, self.announcer.outbox.limits)
         self.surveys = make_survey_runner(settings, self.db, self.chat, self.announcer.directory)
-        self.announcer.survey_render = self.surveys.render
+        for kind, renderer in self.surveys.renderers().items():  # surveys' outbox kinds
+            self.announcer.outbox.register(kind, renderer)
         errors = self.announcer.load() + self.surveys.load()
         if errors:
             raise ContentErrors(errors)
@@ -142,6 +144,9 @@ class Service:
             announcer=self.announcer,
             surveys=self.surveys.desk,
         )
+        self.teams: TeamsEndpoint | None = None
+        if settings.teams_enabled:  # Teams at POST /api/messages, next to Slack's endpoint
+            self.teams = build_endpoint(settings=settings, db=self.db, engine=self.engine)
         self._stop = threading.Event()
         self.scheduler: BackgroundScheduler | None = None
 
@@ -226,7 +231,9 @@ class Service:
         self.announcer.start_workers(self._stop, count=count)
 
     def http_server(self, *, port: int, host: str = "0.0.0.0") -> HttpServer:
-        return HttpServer(WebApp(self.app, ready=self.ready.is_set), host=host, port=port)
+        slack = self.app if self.settings.slack_enabled else None
+        web = WebApp(slack, ready=self.ready.is_set, teams=self.teams)
+        return HttpServer(web, host=host, port=port)
 
     def stop(self) -> None:
         self._stop.set()
@@ -234,4 +241,7 @@ class Service:
             self.scheduler.shutdown(wait=False)
         jobs.RUNNING.pop("default", None)
         jobs.SURVEYS.pop("default", None)
+        if self.teams is not None:
+            self.teams.close()
+            self.teams.chat.close()
         self.db.dispose()

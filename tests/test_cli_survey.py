@@ -21,7 +21,7 @@ from bot.cli import app, main
 from bot.config import get_settings
 from bot.core.surveys.runner import SurveyRunner
 from bot.store.db import make_engine, upgrade
-from bot.store.models import AnnouncementSend, AuditLog, Delivery, SurveyResponse, SurveyRun
+from bot.store.models import AuditLog, Delivery, SurveyResponse, SurveyRun, SurveySend
 from tests.auxil.surveys import FakeDirectory, RecordingChat, person, write
 from tests.slack.fake_slack import FakeSlack
 
@@ -312,7 +312,7 @@ def test_share_previews_then_sends_only_what_passed_suppression(
     assert "You said, we did: Pulse" in preview and "3 of 4 answered" in preview
     assert "two more" in preview and "Preview only: 4 people would get this" in preview
     assert "More, please" not in preview  # one comment: hidden, and not shared either
-    shares = select(AnnouncementSend).where(col(AnnouncementSend.key).like("survey-share:%"))
+    shares = select(SurveySend).where(col(SurveySend.key).like("survey-share:%"))
     with Session(db) as session:
         assert session.exec(shares).all() == []  # a preview sends nothing
 
@@ -321,9 +321,9 @@ def test_share_previews_then_sends_only_what_passed_suppression(
     )
     with Session(db) as session:
         (send,) = session.exec(shares).all()
-        deliveries = session.exec(select(Delivery).where(Delivery.send_id == send.id)).all()
+        deliveries = session.exec(select(Delivery).where(Delivery.survey_send_id == send.id)).all()
     assert sorted(d.recipient for d in deliveries) == ["U1", "U2", "U4", "U5"]
-    shown = running.render(deliveries[0], send).plain  # what the outbox posts
+    shown = running.render(deliveries[0]).plain  # what the outbox posts
     assert "two more" in shown and "3 of 4 answered" in shown and "More, please" not in shown
     assert "survey.share" in {row.action for row in _audit(db)}
 

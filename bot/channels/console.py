@@ -92,5 +92,5 @@ def run_chat(
                 if reply is not None:
                     chat.post(Address(CHANNEL), reply.message)
         else:
-            conversation.said(Said(USER, CHANNEL, (text,), direct=True), chat)
+            conversation.said(Said(USER, CHANNEL, (text,), direct=True, platform="console"), chat)
         console.print()

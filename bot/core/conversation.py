@@ -44,6 +44,7 @@ class Said:
     mentioned: bool = False
     thread: str = ""
     ts: str = ""
+    platform: str = "slack"  # where it was said: "slack", "teams", "console"
 
     @property
     def words(self) -> str:
@@ -134,13 +135,13 @@ class Conversation:
             return
         if said.direct:
             EVENTS.labels(kind="dm").inc()
-            asker = Asker(said.user_id, said.channel, said.thread or said.ts)
+            asker = Asker(said.user_id, said.channel, said.thread or said.ts, said.platform)
             chat.post(Address(said.channel, said.thread or None), self.ask(words, asker))
             return
         if said.mentioned:
             EVENTS.labels(kind="mention").inc()
             thread = said.thread or said.ts
-            message = self.ask(words, Asker(said.user_id, said.channel, thread))
+            message = self.ask(words, Asker(said.user_id, said.channel, thread, said.platform))
             chat.post(Address(said.channel, thread), message)
 
     def preview(self, template_id: str, user_id: str) -> Message:

@@ -168,11 +168,6 @@ def markdown_of(spans: tuple[Span, ...]) -> str:
     return "".join(out)
 
 
-def mention(user_id: str) -> str:
-    """A mention of a user by id; anything that is not a user id is shown as plain text."""
-    return f"<@{user_id}>" if USER_ID.match(user_id) else user_id.replace("<", "").replace(">", "")
-
-
 @dataclass(frozen=True)
 class Address:
     """Where a message goes: a conversation, maybe a thread, maybe seen by one user only."""

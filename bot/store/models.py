@@ -45,8 +45,8 @@ class QuestionLog(SQLModel, table=True):
     asked_at: datetime = Field(default_factory=utcnow, index=True)
     platform: str = Field(default="slack", max_length=20)
     user_id: str = Field(default="", max_length=40)
-    channel_id: str = Field(default="", max_length=40)
-    thread_ts: str = Field(default="", max_length=40)
+    channel_id: str = Field(default="", max_length=255)  # Teams conversation ids are long
+    thread_ts: str = Field(default="", max_length=255)
     text: str = Field(sa_column=Column(Text, nullable=False))
     decision: str = Field(max_length=10)  # answer | suggest | unknown
     entry_id: str | None = Field(default=None, max_length=200, index=True)
@@ -85,11 +85,11 @@ class Escalation(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     question_id: int | None = Field(default=None, foreign_key="question_log.id")
     asker_id: str = Field(max_length=40, index=True)
-    asker_channel: str = Field(max_length=40)
-    asker_thread_ts: str = Field(default="", max_length=40)
+    asker_channel: str = Field(max_length=255)  # Teams conversation ids are long
+    asker_thread_ts: str = Field(default="", max_length=255)
     text: str = Field(sa_column=Column(Text, nullable=False))
-    support_channel: str = Field(default="", max_length=40)
-    support_ts: str = Field(default="", max_length=40, index=True)
+    support_channel: str = Field(default="", max_length=255)
+    support_ts: str = Field(default="", max_length=255, index=True)
     state: str = Field(default="open", max_length=10)  # open | claimed | resolved
     claimed_by: str = Field(default="", max_length=40)
     resolved_by: str = Field(default="", max_length=40)
@@ -144,29 +144,39 @@ class AnnouncementSend(SQLModel, table=True):
     report_ts: str = Field(default="", max_length=40)
     reminded_at: datetime | None = None
     reminder_of: int | None = Field(default=None, foreign_key="announcement_send.id")
-    survey_run_id: int | None = Field(default=None, index=True)  # a survey invitation or reminder
 
 
 class Delivery(SQLModel, table=True):
-    """One recipient of one send: the unit the workers claim, send, retry and reconcile."""
+    """One recipient of one batch (an announcement send or a survey send): the unit the
+    workers claim, send, retry and reconcile. `kind` picks the renderer, `platform` the
+    sender (bot.core.outbox)."""
 
     __tablename__ = "delivery"
-    __table_args__ = (UniqueConstraint("send_id", "recipient"),)
+    __table_args__ = (
+        UniqueConstraint("send_id", "recipient"),
+        UniqueConstraint("survey_send_id", "recipient"),
+    )
     id: int | None = Field(default=None, primary_key=True)
-    send_id: int = Field(foreign_key="announcement_send.id", index=True)
-    recipient: str = Field(max_length=40)  # a user id (DM) or a channel id
-    kind: str = Field(default="dm", max_length=8)  # dm | channel
+    # Exactly one of send_id (announcements) and survey_send_id (surveys) is set.
+    send_id: int | None = Field(default=None, foreign_key="announcement_send.id", index=True)
+    survey_send_id: int | None = Field(default=None, foreign_key="survey_send.id", index=True)
+    kind: str = Field(default="announcement", max_length=40)  # bot.core.outbox kinds
+    platform: str = Field(default="slack", max_length=20)
+    # A user id (DM) or a channel id; 255: Teams' conversation ids are long.
+    recipient: str = Field(max_length=255)
+    target: str = Field(default="dm", max_length=8)  # dm | channel
     name: str = Field(default="", max_length=200)
     first_name: str = Field(default="", max_length=100)
     tz: str = Field(default="", max_length=64)
-    # pending → sending → sent | failed | skipped | cancelled; deleted after a recall
+    # pending → sending → sent | failed | skipped | cancelled | unknown (in doubt on a
+    # platform that cannot read back: an operator decides); deleted after a recall
     state: str = Field(default="pending", max_length=10)
     not_before: datetime = Field(default_factory=utcnow)
     attempts: int = 0
     lease_until: datetime | None = None
     claimed_at: datetime | None = None
-    channel: str = Field(default="", max_length=40)  # the conversation it landed in
-    ts: str = Field(default="", max_length=40)
+    channel: str = Field(default="", max_length=255)  # the conversation it landed in
+    ts: str = Field(default="", max_length=255)  # its message (Teams: the activity id)
     error: str = Field(default="", max_length=100)
     # pending edit of a sent copy: "" | update | delete
     op: str = Field(default="", max_length=8)
@@ -243,6 +253,21 @@ class SurveyInvitation(SQLModel, table=True):
     segments: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))
     answered: bool = False
     reminders: int = 0
+    tz: str = Field(default="", max_length=64)  # for local-time reminders ("" = the run's)
+
+
+class SurveySend(SQLModel, table=True):
+    """One batch of survey messages in the outbox: a run's invitations, its Nth reminder, or a
+    "you said, we did" share. `key` is unique, so a second process cannot queue it twice."""
+
+    __tablename__ = "survey_send"
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(max_length=200, unique=True)
+    run_id: int = Field(foreign_key="survey_run.id", index=True)
+    kind: str = Field(max_length=20)  # invitation | reminder | share
+    number: int = 0  # the reminder's number
+    share_id: int | None = Field(default=None, foreign_key="survey_share.id")
+    created_at: datetime = Field(default_factory=utcnow)
 
 
 class SurveyResponse(SQLModel, table=True):
@@ -277,3 +302,38 @@ class SurveyShare(SQLModel, table=True):
     note: str = Field(sa_column=Column(Text, nullable=False))
     summary: str = Field(sa_column=Column(Text, nullable=False))
     created_by: str = Field(default="", max_length=40)
+
+
+# --- Microsoft Teams -----------------------------------------------------------------------
+
+
+class TeamsPerson(SQLModel, table=True):
+    """Someone who has the Teams app: where their 1:1 chat with the bot is (conversation id and
+    service URL), so the bot can write to them first (answers relayed from support, and later
+    announcements and surveys). Keyed by the Entra object id, the core's Teams user id."""
+
+    __tablename__ = "teams_person"
+    user_id: str = Field(primary_key=True, max_length=64)  # Entra object id (aadObjectId)
+    teams_id: str = Field(max_length=255)  # the pairwise 29:… id the Bot Connector uses
+    name: str = Field(default="", max_length=200)
+    tenant_id: str = Field(default="", max_length=64)
+    conversation_id: str = Field(default="", max_length=255)  # their 1:1 chat ("" until known)
+    service_url: str = Field(default="", max_length=255)
+    installed: bool = True
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class TeamsConversation(SQLModel, table=True):
+    """A team channel or group chat the bot has heard from: its service URL and names (for
+    posting to a support channel after a restart, and for deep links)."""
+
+    __tablename__ = "teams_conversation"
+    conversation_id: str = Field(primary_key=True, max_length=255)  # without ;messageid=
+    kind: str = Field(default="channel", max_length=20)  # channel | groupChat
+    service_url: str = Field(default="", max_length=255)
+    tenant_id: str = Field(default="", max_length=64)
+    team_id: str = Field(default="", max_length=255)  # the team's 19:… thread id
+    team_group_id: str = Field(default="", max_length=64)  # the team's Entra group id
+    name: str = Field(default="", max_length=200)
+    installed: bool = True
+    updated_at: datetime = Field(default_factory=utcnow)

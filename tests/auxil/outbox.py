@@ -13,8 +13,8 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from bot.core.delivery import Budget, Limits, Outbox, SendResult
 from bot.core.messages import Message, say
+from bot.core.outbox import Budget, Cancelled, Limits, Outbox, Renderer, SendResult
 from bot.store.models import AnnouncementSend, Delivery
 
 T0 = datetime(2027, 4, 6, 8, 0, tzinfo=UTC)
@@ -128,9 +128,16 @@ class RecordingSender:
         return [post for post in self.posts if post.recipient == recipient]
 
 
-def render(delivery: Delivery, send: AnnouncementSend) -> Message:
-    """A renderer that needs no templates."""
-    return say(f"*{send.template}* for {delivery.recipient}")
+def renderer(db: Engine) -> Renderer:
+    """A renderer that needs no templates; a cancelled send's rows end cancelled."""
+
+    def render(delivery: Delivery) -> Message:
+        send = send_row(db, delivery.send_id or 0)
+        if send.state == "cancelled":
+            raise Cancelled(send.key)
+        return say(f"*{send.template}* for {delivery.recipient}")
+
+    return render
 
 
 def make_outbox(
@@ -142,7 +149,12 @@ def make_outbox(
 ) -> Outbox:
     """An Outbox on the fake clock, its shared budget included."""
     outbox = Outbox(
-        db=db, sender=sender, render=render, limits=limits, clock=clock.now, sleep=clock.sleep
+        db=db,
+        senders={"slack": sender},
+        renderers={"announcement": renderer(db)},
+        limits=limits,
+        clock=clock.now,
+        sleep=clock.sleep,
     )
     outbox.budget = Budget(db, clock=clock.time)
     return outbox
@@ -178,7 +190,7 @@ def make_send(
             Delivery(
                 send_id=send.id,
                 recipient=recipient,
-                kind="channel" if recipient[:1] in {"C", "G"} else "dm",
+                target="channel" if recipient[:1] in {"C", "G"} else "dm",
                 name=recipient.lower(),
                 first_name=recipient.lower(),
                 not_before=now,

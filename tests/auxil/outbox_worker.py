@@ -21,11 +21,11 @@ from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
 from bot.channels.slack.sender import SlackSender, outbox_client
-from bot.core.delivery import Limits, Outbox, SendResult
 from bot.core.messages import Message
+from bot.core.outbox import Limits, Outbox, SendResult
 from bot.store.db import make_engine
 from bot.store.models import Delivery
-from tests.auxil.outbox import render
+from tests.auxil.outbox import renderer
 
 
 class CountingSender(SlackSender):
@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     sender = CountingSender(client)
     outbox = Outbox(
         db=db,
-        sender=sender,
-        render=render,
+        senders={"slack": sender},
+        renderers={"announcement": renderer(db)},
         limits=Limits(posts_per_second=args.rate, burst=args.rate / 10),
     )
     stop = threading.Event()

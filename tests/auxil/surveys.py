@@ -16,18 +16,18 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from bot.core.announcements.audience import DirectoryError, Person
-from bot.core.delivery import Budget, Limits, Outbox
 from bot.core.messages import Address, Message, Posted
+from bot.core.outbox import Budget, Limits, Outbox
 from bot.core.surveys.definitions import Survey, load_surveys
 from bot.core.surveys.privacy import run_key, unseal
 from bot.core.surveys.runner import SurveyRunner
 from bot.core.surveys.runs import invite, start_run
 from bot.store.models import (
-    AnnouncementSend,
     Delivery,
     SurveyInvitation,
     SurveyResponse,
     SurveyRun,
+    SurveySend,
 )
 from tests.auxil.outbox import FakeClock, RecordingSender
 
@@ -176,26 +176,28 @@ def open_run(
 ) -> int:
     """A run of `survey` started now with `users` invited (what `SurveyRunner.open_run` does
     without the directory and the outbox)."""
-    run_id = start_run(
-        db=db,
-        survey=survey,
-        key=key or f"{survey.id}@test-{secrets.token_hex(4)}",
-        audience=[f"users:{','.join(users)}"],
-        starts_at=now,
-        closes_at=now + timedelta(days=days),
-        by="U0OWNER",
-        secret=SECRET,
-    )
-    assert run_id is not None
-    invite(
-        db=db,
-        run_id=run_id,
-        people=list(users),
-        segments=segments or {},
-        now=now,
-        min_group=survey.min_group,
-        order=[segment.id for segment in survey.segments],
-    )
+    with Session(db) as session:
+        run_id = start_run(
+            session=session,
+            survey=survey,
+            key=key or f"{survey.id}@test-{secrets.token_hex(4)}",
+            audience=[f"users:{','.join(users)}"],
+            starts_at=now,
+            closes_at=now + timedelta(days=days),
+            by="U0OWNER",
+            secret=SECRET,
+        )
+        assert run_id is not None
+        invite(
+            session=session,
+            run_id=run_id,
+            people=list(users),
+            segments=segments or {},
+            now=now,
+            min_group=survey.min_group,
+            order=[segment.id for segment in survey.segments],
+        )
+        session.commit()
     return run_id
 
 
@@ -267,17 +269,17 @@ class Bot:
             run = session.exec(select(SurveyRun).where(SurveyRun.key == key)).one()
         return run
 
-    def sends(self) -> list[AnnouncementSend]:
+    def sends(self) -> list[SurveySend]:
         with Session(self.db) as session:
-            return list(session.exec(select(AnnouncementSend).order_by(col(AnnouncementSend.id))))
+            return list(session.exec(select(SurveySend).order_by(col(SurveySend.id))))
 
     def deliveries(self, key: str) -> dict[str, Delivery]:
         """The deliveries of the send `key`, by recipient."""
         with Session(self.db) as session:
             rows = session.exec(
                 select(Delivery)
-                .join(AnnouncementSend, col(AnnouncementSend.id) == col(Delivery.send_id))
-                .where(AnnouncementSend.key == key)
+                .join(SurveySend, col(SurveySend.id) == col(Delivery.survey_send_id))
+                .where(SurveySend.key == key)
             ).all()
         return {row.recipient: row for row in rows}
 
@@ -314,8 +316,8 @@ def make_bot(
     sender = RecordingSender(clock=clock)
     outbox = Outbox(
         db=db,
-        sender=sender,
-        render=runner.render,
+        senders={"slack": sender},
+        renderers=runner.renderers(),
         limits=Limits(posts_per_second=1000, burst=1000, edits_per_second=1000),
         clock=clock.now,
         sleep=clock.sleep,

@@ -281,6 +281,12 @@ class FakeTeams(LoopbackServer):
             "TEAMS_GRAPH_URL": self.graph.url,
         }
 
+    def _default_error(self, status: int) -> Any:
+        """An injected failure carries the Bot Framework code Teams uses for its status
+        (429 ``Throttled``, 412 ``PreconditionFailed``, 502 ``BadGateway``…)."""
+        code = next((code for code, (known, _) in rules.ERRORS.items() if known == status), None)
+        return error_body(code) if code is not None else super()._default_error(status)
+
     # ------------------------------------------------------------------ rules
 
     def loosen(self, *names: str) -> None:

@@ -15,8 +15,8 @@ from slack_sdk.http_retry.builtin_handlers import (
 )
 
 from bot.channels.slack.render import to_payload
-from bot.core.delivery import Budget, Limits
 from bot.core.messages import Address, Message, Posted
+from bot.core.outbox import Budget, Limits
 from bot.metrics import SLACK_ERRORS
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ def call(client: WebClient, method: str, **kwargs: Any) -> dict[str, Any] | None
         return None
 
 
-# Which bucket of the shared budget (bot.core.delivery.Budget) each interactive write takes
+# Which bucket of the shared budget (bot.core.outbox.Budget) each interactive write takes
 # from, and which one its 429 pauses: the outbox's own buckets, so interactive posts and
 # announcements together stay under Slack's limits.
 POSTS, EDITS = "posts", "edits"

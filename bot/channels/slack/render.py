@@ -6,7 +6,9 @@ nobody can make the bot post `@channel`, `<!here>` or a disguised link.
 
 from __future__ import annotations
 
+import json
 import re
+import urllib.parse
 from typing import Any
 
 from slack_sdk.models.blocks import (
@@ -213,3 +215,9 @@ def to_payload(message: Message) -> dict[str, Any]:
 def action_id_of(raw: str) -> str:
     """The core's action id from a Block Kit one (`faq.pick:2` → `faq.pick`)."""
     return raw.split(":", 1)[0]
+
+
+def preview_blocks_url(payload_blocks: list[dict[str, Any]]) -> str:
+    """A link that opens `blocks` (as in `to_payload(message)["blocks"]`) in Block Kit Builder."""
+    data = json.dumps({"blocks": payload_blocks}, separators=(",", ":"), ensure_ascii=False)
+    return "https://app.slack.com/block-kit-builder/#" + urllib.parse.quote(data)

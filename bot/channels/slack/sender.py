@@ -14,23 +14,53 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 
 from bot.channels.slack.chat import retry_after, slack_error_code
 from bot.channels.slack.render import to_payload
-from bot.core.delivery import IN_DOUBT, SendResult
 from bot.core.messages import Message
+from bot.core.outbox import GONE, IN_DOUBT, NOT_FOUND, SendResult
 from bot.metrics import SLACK_ERRORS
 
 log = logging.getLogger(__name__)
 EVENT_TYPE = "mobilize_delivery"
 
+# Slack errors that no retry can fix: the row ends as failed with that code.
+PERMANENT_ERRORS = frozenset(
+    {
+        "user_not_found",
+        "users_not_found",
+        "account_inactive",
+        "user_disabled",
+        "channel_not_found",
+        "not_in_channel",
+        "is_archived",
+        "channel_is_archived",
+        "cannot_dm_bot",
+        "messages_tab_disabled",
+        "restricted_action",
+        "invalid_blocks",
+        "invalid_metadata_format",
+        "msg_too_long",
+        "no_text",
+        "invalid_auth",
+        "not_authed",
+        "token_revoked",
+        "missing_scope",
+        "message_not_found",
+        "cant_update_message",
+        "cant_delete_message",
+        "edit_window_closed",
+    }
+)
+assert GONE in PERMANENT_ERRORS  # Slack's "message_not_found" is the outbox's GONE
+
 
 def outbox_client(*, token: str, base_url: str) -> WebClient:
     """A WebClient that does not retry: the outbox handles 429s and errors itself. A retried
     post could land twice (after a dropped answer) or after the row's lease ran out; without
-    retries a post takes at most one 15 s timeout (bot.core.delivery.POST_BOUND)."""
+    retries a post takes at most one 15 s timeout (bot.core.outbox.POST_BOUND)."""
     return WebClient(token=token, base_url=base_url, timeout=15, retry_handlers=[])
 
 
 class SlackSender:
-    """Implements bot.core.delivery.Sender on the Slack Web API."""
+    """Implements bot.core.outbox.Sender on the Slack Web API."""
 
     def __init__(self, client: WebClient) -> None:
         self.client = client
@@ -47,7 +77,12 @@ class SlackSender:
             code = slack_error_code(exc)
             SLACK_ERRORS.labels(method=method, error=code).inc()
             log.warning("slack %s failed: %s", method, code)
-            return None, SendResult(ok=False, error=code, retry_after=retry_after(exc))
+            return None, SendResult(
+                ok=False,
+                error=code,
+                retry_after=retry_after(exc),
+                permanent=code in PERMANENT_ERRORS,
+            )
         except (SlackClientError, OSError) as exc:
             # urllib raises URLError when connecting or sending failed: Slack never had the
             # request. Other errors (a timeout, a dropped connection) come while waiting for
@@ -120,4 +155,4 @@ class SlackSender:
             cursor = str((data.get("response_metadata") or {}).get("next_cursor") or "")
             if not cursor:
                 break
-        return SendResult(ok=False, channel=channel, error="not_found")
+        return SendResult(ok=False, channel=channel, error=NOT_FOUND)

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import Engine, update
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from bot.core.announcements import sends
@@ -27,8 +28,18 @@ from bot.core.announcements.templates import (
     render,
 )
 from bot.core.content import ContentError, Rollout, load_rollout
-from bot.core.delivery import LEASE, Limits, Outbox, Sender, counts
 from bot.core.messages import ANNOUNCE_ACK, Address, Chat, Message, Posted, say
+from bot.core.outbox import (
+    ANNOUNCEMENT,
+    ANNOUNCEMENT_REMINDER,
+    LEASE,
+    SLACK,
+    Cancelled,
+    Limits,
+    Outbox,
+    Sender,
+    counts,
+)
 from bot.store.models import AnnouncementSend, Delivery, as_utc
 
 log = logging.getLogger(__name__)
@@ -100,10 +111,15 @@ class Announcer:
         self.grace = grace
         self.default_timezone = default_timezone
         self.clock = clock
+        # Announcements go through the outbox as two kinds; other parts of the core (surveys)
+        # register their own kinds on the same outbox (`outbox.register`).
         self.outbox = Outbox(
             db=db,
-            sender=sender,
-            render=self.render_delivery,
+            senders={SLACK: sender},
+            renderers={
+                ANNOUNCEMENT: self.render_delivery,
+                ANNOUNCEMENT_REMINDER: self.render_delivery,
+            },
             limits=limits,
             clock=clock,
             lease=lease,
@@ -111,8 +127,6 @@ class Announcer:
         self._content: AnnouncementContent | None = None
         self._tick_lock = threading.Lock()
         self._reported: dict[int, str] = {}  # the report text last shown, by send
-        # Survey invitations go through the same outbox; their renderer is plugged in here.
-        self.survey_render: Callable[[Delivery, AnnouncementSend], Message] | None = None
 
     # --- content ------------------------------------------------------------------------
 
@@ -135,16 +149,18 @@ class Announcer:
 
     # --- rendering ----------------------------------------------------------------------
 
-    def render_delivery(self, delivery: Delivery, send: AnnouncementSend) -> Message:
-        if send.survey_run_id is not None:
-            if self.survey_render is None:
-                raise KeyError("surveys are not running in this process")
-            return self.survey_render(delivery, send)
+    def render_delivery(self, delivery: Delivery) -> Message:
+        with Session(self.db) as session:
+            send = session.get(AnnouncementSend, delivery.send_id)
+        if send is None:
+            raise KeyError(f"announcement send {delivery.send_id} is gone")
+        if send.state == "cancelled":
+            raise Cancelled(send.key)
         content = self.content
         template = content.templates.get(send.template)
         if template is None:
             raise KeyError(f"template {send.template!r} is not loaded")
-        if delivery.kind == "channel":
+        if delivery.target == "channel":
             user = CHANNEL_AUDIENCE
         else:
             user = Recipient(
@@ -156,10 +172,10 @@ class Announcer:
             content.rollout,
             user=user,
             now=self.clock(),
-            ack_value=str(root) if template.ack and delivery.kind == "dm" else "",
+            ack_value=str(root) if template.ack and delivery.target == "dm" else "",
             acknowledged=delivery.acked_at is not None,
         )
-        if delivery.kind == "channel" and template.ack:
+        if delivery.target == "channel" and template.ack:
             # A click in a channel cannot say whose acknowledgement it is: only DMs ask.
             kept = tuple(b for b in message.buttons if b.action_id != ANNOUNCE_ACK)
             message = Message(message.parts, message.context, kept, message.summary)
@@ -206,7 +222,10 @@ class Announcer:
                 content_dir=self.content_dir,
                 now=now,
             )
-            for send_id in sends.complete(db=self.db, now=now):
+            with Session(self.db) as session:
+                finished = sends.complete(session=session, now=now)
+                session.commit()
+            for send_id in finished:
                 self.report(send_id)
             self.refresh_reports()
             self.remind(now)
@@ -355,10 +374,14 @@ class Announcer:
             send = session.get(AnnouncementSend, send_id)
         if delivery is None or send is None or delivery.id is None:
             return None
-        updated = sends.acknowledge(db=self.db, delivery_id=delivery.id, user_id=user_id, now=now)
+        with Session(self.db, expire_on_commit=False) as session:
+            updated = sends.acknowledge(
+                session=session, delivery_id=delivery.id, user_id=user_id, now=now
+            )
+            session.commit()
         if updated is None:
             return None
-        return self.render_delivery(updated, send)
+        return self.render_delivery(updated)
 
     def remind(self, now: datetime) -> list[int]:
         """Send one reminder to those who have not acknowledged, N days after the send."""
@@ -378,8 +401,16 @@ class Announcer:
             when = as_utc(send.completed_at) + timedelta(days=send.remind_after_days or 0)
             if when > now:
                 continue
-            waiting = sends.unacknowledged(db=self.db, send_id=send.id)
-            child = sends.create_reminder(db=self.db, parent=send, recipients=waiting, now=now)
+            with Session(self.db) as session:  # one operation, one transaction
+                waiting = sends.unacknowledged(session=session, send_id=send.id)
+                try:
+                    child = sends.create_reminder(
+                        session=session, parent=send, recipients=waiting, now=now
+                    )
+                    session.commit()
+                except IntegrityError:  # another process wrote it at the same moment
+                    session.rollback()
+                    child = None
             if child is not None:
                 created.append(child)
         return created

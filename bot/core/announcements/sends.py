@@ -2,7 +2,7 @@
 
 The scheduler only *materialises*: each due occurrence becomes one `AnnouncementSend` (unique
 by the occurrence's key, so a second scheduler or a re-plan cannot duplicate it), its audience
-is resolved and one `Delivery` row is written per recipient. Workers (bot.core.delivery) do the
+is resolved and one `Delivery` row is written per recipient. Workers (bot.core.outbox) do the
 sending. Occurrences missed while the bot was down are sent when still within the grace
 window, otherwise recorded as `missed` and reported — never silently dropped.
 """
@@ -24,6 +24,7 @@ from sqlmodel import Session, col, select
 from bot.core.announcements.audience import Audience, AudienceError, Directory, resolve
 from bot.core.announcements.plan import Occurrence, Plan, occurrences, send_time
 from bot.core.content import Rollout
+from bot.core.outbox import ANNOUNCEMENT_REMINDER
 from bot.store.marks import advance_mark, read_mark
 from bot.store.models import AnnouncementSend, Delivery, as_utc
 
@@ -104,14 +105,14 @@ def materialise(
 
 def create_adhoc(
     *,
-    db: Engine,
+    session: Session,
     template: str,
     audience: list[str],
     at: datetime,
     by: str,
     ack: bool = False,
 ) -> int:
-    """Queue an ad-hoc send for the running bot; returns its id."""
+    """Queue an ad-hoc send for the running bot; returns its id. The caller commits."""
     send = AnnouncementSend(
         key=f"adhoc:{uuid.uuid4().hex}",
         template=template,
@@ -122,10 +123,10 @@ def create_adhoc(
         created_by=by,
         due_at=at,
     )
-    with Session(db) as session:
-        stored = _store_send(session, send)
-    assert stored is not None and stored.id is not None
-    return stored.id
+    session.add(send)
+    session.flush()
+    assert send.id is not None
+    return send.id
 
 
 def resolve_due(
@@ -230,7 +231,7 @@ def write_deliveries(
             session.exec(select(Delivery.recipient).where(col(Delivery.send_id) == send.id)).all()
         )
         rows = [
-            Delivery(send_id=send.id, recipient=channel, kind="channel", not_before=when(None))
+            Delivery(send_id=send.id, recipient=channel, target="channel", not_before=when(None))
             for channel in audience.channels
             if channel not in existing
         ]
@@ -238,7 +239,7 @@ def write_deliveries(
             Delivery(
                 send_id=send.id,
                 recipient=person.id,
-                kind="dm",
+                target="dm",
                 name=person.name[:200],
                 first_name=person.first_name[:100],
                 tz=person.tz or "",
@@ -274,140 +275,139 @@ def write_deliveries(
     return len(rows)
 
 
-def complete(*, db: Engine, now: datetime) -> list[int]:
-    """Mark sends whose every delivery is settled as done; returns their ids."""
+def complete(*, session: Session, now: datetime) -> list[int]:
+    """Mark sends whose every delivery is settled as done; returns their ids. The caller
+    commits."""
     finished: list[int] = []
-    with Session(db) as session:
-        sending = session.exec(
-            select(AnnouncementSend.id).where(AnnouncementSend.state == "sending")
-        ).all()
-        for send_id in sending:
-            open_rows = session.exec(
-                select(func.count()).where(
-                    col(Delivery.send_id) == send_id, col(Delivery.state).not_in(TERMINAL)
-                )
-            ).one()
-            if open_rows == 0:
-                session.execute(
-                    update(AnnouncementSend)
-                    .where(
-                        col(AnnouncementSend.id) == send_id,
-                        col(AnnouncementSend.state) == "sending",
-                    )
-                    .values(state="done", completed_at=now)
-                )
-                finished.append(int(send_id or 0))
-        session.commit()
-    return finished
-
-
-def acknowledge(*, db: Engine, delivery_id: int, user_id: str, now: datetime) -> Delivery | None:
-    """Record one person's "I've read this" (once); returns the delivery, or None when the
-    click does not belong to this user."""
-    with Session(db) as session:
-        delivery = session.get(Delivery, delivery_id)
-        if delivery is None or delivery.recipient != user_id:
-            return None
-        if delivery.acked_at is None:
-            session.execute(
-                update(Delivery)
-                .where(col(Delivery.id) == delivery_id, col(Delivery.acked_at).is_(None))
-                .values(acked_at=now)
+    sending = session.exec(
+        select(AnnouncementSend.id).where(AnnouncementSend.state == "sending")
+    ).all()
+    for send_id in sending:
+        open_rows = session.exec(
+            select(func.count()).where(
+                col(Delivery.send_id) == send_id, col(Delivery.state).not_in(TERMINAL)
             )
-            session.commit()
-            session.refresh(delivery)
-        return delivery
-
-
-def request_edit(*, db: Engine, send_id: int, op: str, now: datetime) -> int:
-    """Queue an update or delete of every sent copy; returns how many copies. A delete (a
-    recall) also cancels what has not gone yet, and the send itself if it is not resolved."""
-    with Session(db) as session:
-        result = session.execute(
-            update(Delivery)
-            .where(col(Delivery.send_id) == send_id, col(Delivery.state) == "sent")
-            .values(op=op, op_not_before=now)
-        )
-        if op == "delete":
-            session.execute(
-                update(Delivery)
-                .where(col(Delivery.send_id) == send_id, col(Delivery.state).in_(["pending"]))
-                .values(state="cancelled", error="recalled")
-            )
-            # In flight now: the workers delete these copies once their post is recorded.
-            session.execute(
-                update(Delivery)
-                .where(col(Delivery.send_id) == send_id, col(Delivery.state) == "sending")
-                .values(op=op, op_not_before=now)
-            )
+        ).one()
+        if open_rows == 0:
             session.execute(
                 update(AnnouncementSend)
                 .where(
                     col(AnnouncementSend.id) == send_id,
-                    col(AnnouncementSend.state).in_(["planned", "resolving"]),
+                    col(AnnouncementSend.state) == "sending",
                 )
-                .values(state="cancelled")
+                .values(state="done", completed_at=now)
             )
-        session.commit()
-        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+            finished.append(int(send_id or 0))
+    return finished
 
 
-def resend_failed(*, db: Engine, send_id: int, now: datetime) -> int:
-    """Put failed deliveries back in the queue; returns how many."""
-    with Session(db) as session:
-        result = session.execute(
-            update(Delivery)
-            .where(col(Delivery.send_id) == send_id, col(Delivery.state) == "failed")
-            .values(state="pending", attempts=0, error="", not_before=now)
-        )
+def acknowledge(
+    *, session: Session, delivery_id: int, user_id: str, now: datetime
+) -> Delivery | None:
+    """Record one person's "I've read this" (once); returns the delivery, or None when the
+    click does not belong to this user. The caller commits."""
+    delivery = session.get(Delivery, delivery_id)
+    if delivery is None or delivery.recipient != user_id:
+        return None
+    if delivery.acked_at is None:
         session.execute(
-            update(AnnouncementSend)
-            .where(col(AnnouncementSend.id) == send_id, col(AnnouncementSend.state) == "done")
-            .values(state="sending", completed_at=None, reported_at=None)
-        )
-        session.commit()
-        return int(result.rowcount or 0)  # type: ignore[attr-defined]
-
-
-def cancel(*, db: Engine, send_id: int) -> int:
-    """Stop a send: pending deliveries are cancelled; sent copies stay (recall deletes them)."""
-    with Session(db) as session:
-        result = session.execute(
             update(Delivery)
-            .where(col(Delivery.send_id) == send_id, col(Delivery.state) == "pending")
-            .values(state="cancelled", error="cancelled")
+            .where(col(Delivery.id) == delivery_id, col(Delivery.acked_at).is_(None))
+            .values(acked_at=now)
+        )
+        session.refresh(delivery)
+    return delivery
+
+
+def request_edit(*, session: Session, send_id: int, op: str, now: datetime) -> int:
+    """Queue an update or delete of every sent copy; returns how many copies. A delete (a
+    recall) also cancels what has not gone yet, and the send itself if it is not resolved.
+    The caller commits."""
+    result = session.execute(
+        update(Delivery)
+        .where(col(Delivery.send_id) == send_id, col(Delivery.state) == "sent")
+        .values(op=op, op_not_before=now)
+    )
+    if op == "delete":
+        session.execute(
+            update(Delivery)
+            .where(col(Delivery.send_id) == send_id, col(Delivery.state).in_(["pending"]))
+            .values(state="cancelled", error="recalled")
+        )
+        # In flight now: the workers delete these copies once their post is recorded.
+        session.execute(
+            update(Delivery)
+            .where(col(Delivery.send_id) == send_id, col(Delivery.state) == "sending")
+            .values(op=op, op_not_before=now)
         )
         session.execute(
             update(AnnouncementSend)
             .where(
                 col(AnnouncementSend.id) == send_id,
-                col(AnnouncementSend.state).in_(["planned", "resolving", "sending"]),
+                col(AnnouncementSend.state).in_(["planned", "resolving"]),
             )
             .values(state="cancelled")
         )
-        session.commit()
-        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
-def unacknowledged(*, db: Engine, send_id: int) -> list[Delivery]:
-    with Session(db) as session:
-        return list(
-            session.exec(
-                select(Delivery).where(
-                    col(Delivery.send_id) == send_id,
-                    col(Delivery.state) == "sent",
-                    col(Delivery.kind) == "dm",
-                    col(Delivery.acked_at).is_(None),
-                )
-            ).all()
+def resend_failed(*, session: Session, send_id: int, now: datetime) -> int:
+    """Put failed deliveries back in the queue; returns how many. The caller commits."""
+    result = session.execute(
+        update(Delivery)
+        .where(col(Delivery.send_id) == send_id, col(Delivery.state) == "failed")
+        .values(state="pending", attempts=0, error="", not_before=now)
+    )
+    session.execute(
+        update(AnnouncementSend)
+        .where(col(AnnouncementSend.id) == send_id, col(AnnouncementSend.state) == "done")
+        .values(state="sending", completed_at=None, reported_at=None)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def cancel(*, session: Session, send_id: int) -> int:
+    """Stop a send: pending deliveries are cancelled; sent copies stay (recall deletes them).
+    The caller commits."""
+    result = session.execute(
+        update(Delivery)
+        .where(col(Delivery.send_id) == send_id, col(Delivery.state) == "pending")
+        .values(state="cancelled", error="cancelled")
+    )
+    session.execute(
+        update(AnnouncementSend)
+        .where(
+            col(AnnouncementSend.id) == send_id,
+            col(AnnouncementSend.state).in_(["planned", "resolving", "sending"]),
         )
+        .values(state="cancelled")
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def unacknowledged(*, session: Session, send_id: int) -> list[Delivery]:
+    return list(
+        session.exec(
+            select(Delivery).where(
+                col(Delivery.send_id) == send_id,
+                col(Delivery.state) == "sent",
+                col(Delivery.target) == "dm",
+                col(Delivery.acked_at).is_(None),
+            )
+        ).all()
+    )
 
 
 def create_reminder(
-    *, db: Engine, parent: AnnouncementSend, recipients: Iterable[Delivery], now: datetime
+    *, session: Session, parent: AnnouncementSend, recipients: Iterable[Delivery], now: datetime
 ) -> int | None:
     """A reminder send to `recipients` (copied from the parent's rows); None if one exists or
-    nobody is left to remind. The parent is marked reminded either way."""
+    nobody is left to remind. The parent is marked reminded either way. The caller commits:
+    the reminder with all its rows and the parent's mark are one transaction, so a crash
+    leaves either all of it or nothing (and the next tick tries again). A reminder another
+    process writes at the same moment makes the flush raise IntegrityError: the caller rolls
+    back. (No savepoint: with pysqlite one opened before the transaction's first write
+    would commit on release.)"""
     assert parent.id is not None
     people = list(recipients)
     child_id: int | None = None
@@ -424,35 +424,30 @@ def create_reminder(
             due_at=now,
             reminder_of=parent.id,
         )
-        # One transaction: a crash leaves either the reminder with all its rows, or nothing
-        # (and the parent unreminded, so the next tick tries again).
-        with Session(db) as session:
-            session.add(child)
-            try:
-                session.flush()
-            except IntegrityError:
-                session.rollback()
-                return None
-            assert child.id is not None
-            child_id = child.id
-            session.add_all(
-                Delivery(
-                    send_id=child.id,
-                    recipient=row.recipient,
-                    kind="dm",
-                    name=row.name,
-                    first_name=row.first_name,
-                    tz=row.tz,
-                    not_before=now,
-                )
-                for row in people
+        existing = select(AnnouncementSend.id).where(AnnouncementSend.key == child.key)
+        if session.exec(existing).first() is not None:
+            return None
+        session.add(child)
+        session.flush()
+        assert child.id is not None
+        child_id = child.id
+        session.add_all(
+            Delivery(
+                send_id=child.id,
+                kind=ANNOUNCEMENT_REMINDER,
+                recipient=row.recipient,
+                target="dm",
+                name=row.name,
+                first_name=row.first_name,
+                tz=row.tz,
+                not_before=now,
             )
-            session.execute(
-                update(AnnouncementSend)
-                .where(col(AnnouncementSend.id) == parent.id)
-                .values(reminded_at=now)
-            )
-            session.commit()
-        return child_id
-    _set_send(db, parent.id, reminded_at=now)
+            for row in people
+        )
+    session.execute(
+        update(AnnouncementSend)
+        .where(col(AnnouncementSend.id) == parent.id)
+        .values(reminded_at=now)
+    )
+    session.flush()
     return child_id

@@ -18,16 +18,13 @@ Templates see the rollout's variables (`rollout`, `links`, `milestones`, `today`
 `days_since('m')`; "today" is the recipient's own date when their time zone is known.
 
 Use `load_templates()` to read and check the files (each is rendered for `SAMPLE_USER`, so a
-typo fails `mobilize check` with `file:line`), `render()` to build one recipient's `Message`,
-and `preview_blocks_url()` to open rendered blocks in Slack's Block Kit Builder.
+typo fails `mobilize check` with `file:line`) and `render()` to build one recipient's `Message`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
-import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -484,9 +481,3 @@ def _render(
     except Exception as exc:  # Jinja2, a filter or the sandbox: all mean "cannot send this"
         message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
         raise TemplateRenderError(template.id, f"{what}: {message}") from exc
-
-
-def preview_blocks_url(payload_blocks: list[dict[str, Any]]) -> str:
-    """A link that opens `blocks` (as in `to_payload(message)["blocks"]`) in Block Kit Builder."""
-    data = json.dumps({"blocks": payload_blocks}, separators=(",", ":"), ensure_ascii=False)
-    return "https://app.slack.com/block-kit-builder/#" + urllib.parse.quote(data)

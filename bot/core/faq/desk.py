@@ -32,11 +32,11 @@ from bot.core.messages import (
     Address,
     Button,
     Chat,
+    Mention,
     Message,
     Posted,
     Span,
     markdown_of,
-    mention,
     say,
     user_text,
 )
@@ -248,12 +248,16 @@ class FaqDesk:
         )
 
     def _ticket(self, escalation: Escalation, link: str | None = None) -> Message:
-        state = {
-            "open": "Open",
-            "claimed": f"Claimed by {mention(escalation.claimed_by)}",
-            "resolved": f"Resolved by {mention(escalation.resolved_by)}",
+        # People are Mention spans: each platform's renderer writes its own mention.
+        state: tuple[Span, ...] = {
+            "open": ("Open",),
+            "claimed": ("Claimed by ", Mention(escalation.claimed_by)),
+            "resolved": ("Resolved by ", Mention(escalation.resolved_by)),
         }[escalation.state]
-        context = [f"Asked by {mention(escalation.asker_id)} · #{escalation.id} · {state}"]
+        status = user_text(
+            ("Asked by ", Mention(escalation.asker_id), f" · #{escalation.id} · ", *state)
+        )
+        context = []
         if link:
             context.append(f"<{link}|Open the conversation>")
         buttons: list[Button] = []
@@ -265,6 +269,7 @@ class FaqDesk:
         return say(
             "*Question for a person.* Reply in this thread to answer them.",
             user_text(escalation.text),
+            status,
             context=tuple(context),
             buttons=tuple(buttons),
             summary="A question for a person",
@@ -279,8 +284,14 @@ class FaqDesk:
             chat.post(
                 Address(escalation.asker_channel, escalation.asker_thread_ts or None),
                 say(
-                    f"{mention(user_id)} from the support team marked your question as resolved. "
-                    "Ask me again any time."
+                    user_text(
+                        (
+                            Mention(user_id),
+                            " from the support team marked your question as resolved. "
+                            "Ask me again any time.",
+                        )
+                    ),
+                    summary="Your question was marked as resolved",
                 ),
             )
 
@@ -332,7 +343,11 @@ class FaqDesk:
             session.refresh(escalation)
         chat.post(
             Address(escalation.asker_channel, escalation.asker_thread_ts or None),
-            say(f"{mention(user_id)} from the support team replied:", user_text(spans)),
+            say(
+                user_text((Mention(user_id), " from the support team replied:")),
+                user_text(spans),
+                summary="The support team replied",
+            ),
         )
         chat.update(
             Posted(escalation.support_channel, escalation.support_ts), self._ticket(escalation)

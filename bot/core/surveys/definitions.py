@@ -73,22 +73,21 @@ from typing import Any, Literal, cast
 
 import yaml
 
-from bot.core.announcements.plan import (
+from bot.core.announcements.plan import NAME_PATTERN, parse_audience
+from bot.core.content import ContentError, Rollout, parse_yaml
+from bot.core.schedule import (
     EARLIEST_ZONE,
-    NAME_PATTERN,
     DateExpr,
     OneOff,
     Recurrence,
     after_quiet_hours,
     parse_at,
-    parse_audience,
     parse_date,
     parse_every,
     parse_quiet_hours,
     to_utc,
     zone_or,
 )
-from bot.core.content import ContentError, Rollout, parse_yaml
 
 ADKAR = ("awareness", "desire", "knowledge", "ability", "reinforcement")
 

@@ -16,8 +16,15 @@ from sqlmodel import Session, col, select
 
 from bot.core.announcements.audience import AudienceError, Directory, Person, resolve
 from bot.core.content import ContentError, Rollout, load_rollout
-from bot.core.delivery import SkipDelivery
 from bot.core.messages import Address, Chat, Message, say
+from bot.core.outbox import (
+    SLACK,
+    SURVEY_INVITATION,
+    SURVEY_REMINDER,
+    SURVEY_SHARE,
+    Renderer,
+    SkipDelivery,
+)
 from bot.core.surveys.definitions import (
     RecipientTimes,
     Survey,
@@ -39,10 +46,10 @@ from bot.core.surveys.runs import (
 )
 from bot.store.marks import advance_mark, read_mark
 from bot.store.models import (
-    AnnouncementSend,
     Delivery,
     SurveyInvitation,
     SurveyRun,
+    SurveySend,
     SurveyShare,
     as_utc,
 )
@@ -93,19 +100,24 @@ class SurveyRunner:
 
     # --- rendering for the outbox -----------------------------------------------------------
 
-    def render(self, delivery: Delivery, send: AnnouncementSend) -> Message:
+    def renderers(self) -> dict[str, Renderer]:
+        """The outbox kinds surveys write, each with its renderer (`Outbox.register`)."""
+        return {
+            SURVEY_INVITATION: self.render,
+            SURVEY_REMINDER: self.render,
+            SURVEY_SHARE: self.render,
+        }
+
+    def render(self, delivery: Delivery) -> Message:
         """An invitation (or reminder) DM: the whole survey, with this person's answers so far;
         once the run closed, the neutral text a sent copy is edited to (no answers left in
-        Slack); or a "you said, we did" share."""
+        the chat); or a "you said, we did" share."""
         with Session(self.db) as session:
-            run = session.get(SurveyRun, send.survey_run_id)
-            share = (
-                session.get(SurveyShare, int(send.key.rpartition(":")[2]))
-                if send.key.startswith("survey-share:")
-                else None
-            )
-        if run is None or run.id is None:
-            raise KeyError(f"survey run {send.survey_run_id} is gone")
+            send = session.get(SurveySend, delivery.survey_send_id)
+            run = session.get(SurveyRun, send.run_id) if send else None
+            share = session.get(SurveyShare, send.share_id) if send and send.share_id else None
+        if send is None or run is None or run.id is None:
+            raise KeyError(f"survey send {delivery.survey_send_id} is gone")
         if share is not None:
             return say(share.summary, share.note, summary=share.summary.splitlines()[0])
         title = self.surveys[run.survey_id].title if run.survey_id in self.surveys else ""
@@ -116,7 +128,7 @@ class SurveyRunner:
         survey = self.surveys[run.survey_id]
         answers = self.desk.answers(run.id, delivery.recipient)
         message = invitation_message(survey, run, answers)
-        if send.reminder_of:
+        if send.kind == "reminder":
             if self._complete(run, [delivery.recipient]):
                 raise SkipDelivery("not needed")
             intro = say("*A gentle reminder:* this survey is still open and takes a minute.")
@@ -187,17 +199,21 @@ class SurveyRunner:
                 if occurrence.closes_utc <= now:
                     continue  # the whole run passed while we were down: nothing to ask any more
                 try:
-                    start_run(
-                        db=self.db,
-                        survey=survey,
-                        key=occurrence.key,
-                        audience=list(schedule.audience),
-                        starts_at=occurrence.starts_utc,
-                        closes_at=occurrence.closes_utc,
-                        reminder_days=list(schedule.reminder_days),
-                        by="plan",
-                        secret=self.desk.secret,
-                    )
+                    with Session(self.db) as session:
+                        start_run(  # None (nothing to commit) when it exists already
+                            session=session,
+                            survey=survey,
+                            key=occurrence.key,
+                            audience=list(schedule.audience),
+                            starts_at=occurrence.starts_utc,
+                            closes_at=occurrence.closes_utc,
+                            reminder_days=list(schedule.reminder_days),
+                            by="plan",
+                            secret=self.desk.secret,
+                        )
+                        session.commit()
+                except IntegrityError:  # another process started it at the same moment
+                    continue
                 except SecretMissing as exc:
                     if occurrence.key not in self._refused:
                         self._refused.add(occurrence.key)
@@ -220,22 +236,26 @@ class SurveyRunner:
         if survey is None:
             raise KeyError(survey_id)
         now = self.clock()
-        run_id = start_run(
-            db=self.db,
-            survey=survey,
-            key=f"{survey_id}@adhoc-{uuid.uuid4().hex[:12]}",
-            audience=audience,
-            starts_at=now,
-            closes_at=now + timedelta(days=open_days),
-            reminder_days=[d for d in (2, 4) if d < open_days],
-            by=by,
-            secret=self.desk.secret,
-        )
+        with Session(self.db) as session:
+            run_id = start_run(
+                session=session,
+                survey=survey,
+                key=f"{survey_id}@adhoc-{uuid.uuid4().hex[:12]}",
+                audience=audience,
+                starts_at=now,
+                closes_at=now + timedelta(days=open_days),
+                reminder_days=[d for d in (2, 4) if d < open_days],
+                by=by,
+                secret=self.desk.secret,
+            )
+            session.commit()
         assert run_id is not None
         return run_id
 
     def open_run(self, run_id: int, now: datetime) -> int:
-        """Resolve the audience, write the participation ledger and queue the invitations."""
+        """Resolve the audience, then in one transaction write the participation ledger, open
+        the run and queue the invitations: a crash leaves the run planned (tried again on the
+        next tick) or open with every invitation in the outbox, never open without them."""
         with Session(self.db) as session:
             run = session.get(SurveyRun, run_id)
         if run is None or run.state != "planned":
@@ -258,25 +278,40 @@ class SurveyRunner:
             return 0
         people = {person.id: person for person in audience.people}
         segments = self._segments(survey, list(people))
-        invited, left_out = invite(
-            db=self.db,
-            run_id=run_id,
-            people=list(people),
-            segments=segments,
-            now=now,
-            min_group=run.min_group,
-            order=[segment.id for segment in survey.segments],
-        )
+        times = self._times(run)
+        with Session(self.db) as session:
+            current = session.get(SurveyRun, run_id)
+            if current is None or current.state != "planned":
+                return 0  # another process opened (or someone closed) it meanwhile
+            invited, left_out = invite(
+                session=session,
+                run_id=run_id,
+                people=list(people),
+                segments=segments,
+                now=now,
+                min_group=run.min_group,
+                order=[segment.id for segment in survey.segments],
+                zones={user: person.tz or "" for user, person in people.items()},
+            )
+            queued = self._queue(
+                session,
+                run,
+                [people[user] for user in invited],
+                key=f"survey:{run.key}",
+                kind="invitation",
+                now=now,
+                when=(lambda person: times(person.tz).invite_utc) if times else None,
+            )
+            if invited and queued is None:
+                session.rollback()  # queued by another process: its transaction holds it all
+                return 0
+            try:
+                session.commit()
+            except IntegrityError:  # another process opened it at the same moment
+                session.rollback()
+                return 0
         for user, reason in left_out[:20]:
             log.info("survey run %s: %s left out (%s)", run_id, user, reason)
-        times = self._times(run)
-        self._queue(
-            run,
-            [people[user] for user in invited],
-            key=f"survey:{run.key}",
-            now=now,
-            when=(lambda person: times(person.tz).invite_utc) if times else None,
-        )
         return len(invited)
 
     def _segments(self, survey: Survey, users: list[str]) -> dict[str, dict[str, str]]:
@@ -302,49 +337,51 @@ class SurveyRunner:
 
     def _queue(
         self,
+        session: Session,
         run: SurveyRun,
         people: list[Person],
         *,
         key: str,
+        kind: str,
         now: datetime,
-        reminder_of: int | None = None,
+        number: int = 0,
+        share_id: int | None = None,
         when: Callable[[Person], datetime] | None = None,
     ) -> int | None:
-        """One outbox send for these people: invitations go out under the same rate budget."""
+        """One survey send with a delivery per person, in the caller's transaction (the caller
+        commits): they go out through the outbox under the same rate budget. None when nobody
+        is to get it, or when the send exists already (unique key); one another process
+        writes at the same moment makes the flush raise IntegrityError (the caller rolls
+        back the whole operation)."""
         if not people:
             return None
-        send = AnnouncementSend(
-            key=key,
-            template=f"survey:{run.survey_id}",
-            audience=run.audience,
-            state="sending",
-            owner="",
-            created_by="survey",
-            due_at=now,
-            survey_run_id=run.id,
-            reminder_of=reminder_of,
-        )
-        with Session(self.db) as session:
-            session.add(send)
-            try:
-                session.commit()
-            except IntegrityError:
-                session.rollback()
-                return None
-            session.add_all(
-                Delivery(
-                    send_id=int(send.id or 0),
-                    recipient=person.id,
-                    kind="dm",
-                    name=person.name[:200],
-                    first_name=person.first_name[:100],
-                    tz=person.tz or "",
-                    not_before=when(person) if when else now,
-                )
-                for person in people
+        assert run.id is not None
+        if session.exec(select(SurveySend.id).where(SurveySend.key == key)).first() is not None:
+            return None
+        send = SurveySend(key=key, run_id=run.id, kind=kind, number=number, share_id=share_id)
+        session.add(send)
+        session.flush()
+        outbox_kind = {
+            "invitation": SURVEY_INVITATION,
+            "reminder": SURVEY_REMINDER,
+            "share": SURVEY_SHARE,
+        }[kind]
+        session.add_all(
+            Delivery(
+                survey_send_id=int(send.id or 0),
+                kind=outbox_kind,
+                platform=SLACK,
+                recipient=person.id,
+                target="dm",
+                name=person.name[:200],
+                first_name=person.first_name[:100],
+                tz=person.tz or "",
+                not_before=when(person) if when else now,
             )
-            session.commit()
-            return send.id
+            for person in people
+        )
+        session.flush()
+        return send.id
 
     def _remind(self, now: datetime) -> None:
         """Reminder N goes `reminders[N]` days after the start, only to those who have not
@@ -370,36 +407,28 @@ class SurveyRunner:
                         log.error("survey run %s: no reminders: %s", run.id, exc)
                         continue
                     waiting = [row for row in due if row.user_id not in done]
-                    invitation = session.exec(
-                        select(AnnouncementSend.id).where(
-                            AnnouncementSend.key == f"survey:{run.key}"
-                        )
-                    ).first()
-                    zones = dict(
-                        session.exec(
-                            select(Delivery.recipient, Delivery.tz).where(
-                                Delivery.send_id == invitation
-                            )
-                        ).all()
+                    # Time zones from the participation ledger, kept when they were invited.
+                    people = [Person(w.user_id, "", "", w.tz or None, None) for w in waiting]
+                    times = self._times(run)
+                    # One transaction: the reminder's rows and the ledger's counts together.
+                    queued = self._queue(
+                        session,
+                        run,
+                        people,
+                        key=f"survey:{run.key}:reminder:{number}",
+                        kind="reminder",
+                        number=number,
+                        now=now,
+                        when=_nth_reminder(times, number) if times else None,
                     )
-                people = [
-                    Person(w.user_id, "", "", zones.get(w.user_id) or None, None) for w in waiting
-                ]
-                times = self._times(run)
-                queued = self._queue(
-                    run,
-                    people,
-                    key=f"survey:{run.key}:reminder:{number}",
-                    now=now,
-                    reminder_of=invitation,
-                    when=_nth_reminder(times, number) if times else None,
-                )
-                if queued is not None:
-                    with Session(self.db) as session:
+                    if queued is not None:
                         for row in waiting:
                             row.reminders = number
                             session.add(row)
-                        session.commit()
+                        try:
+                            session.commit()
+                        except IntegrityError:  # another process queued it at the same moment
+                            session.rollback()
 
     def close(self, run_id: int) -> bool:
         """Close the run, edit every copy of its invitation in Slack to a neutral "closed"
@@ -414,16 +443,16 @@ class SurveyRunner:
         with Session(self.db, expire_on_commit=False) as session:
             run = session.get(SurveyRun, run_id)
             assert run is not None
-            sends = select(AnnouncementSend.id).where(
-                AnnouncementSend.survey_run_id == run_id,
-                col(AnnouncementSend.key).like("survey:%"),
+            sends = select(SurveySend.id).where(
+                SurveySend.run_id == run_id,
+                col(SurveySend.kind).in_(["invitation", "reminder"]),
             )
             # A minute's grace: a click stored just before the close updates its message
             # first, and this edit comes after it.
             session.execute(
                 update(Delivery)
                 .where(
-                    col(Delivery.send_id).in_(sends),
+                    col(Delivery.survey_send_id).in_(sends),
                     col(Delivery.state).in_(["sent", "sending"]),
                 )
                 .values(op="update", op_not_before=now + timedelta(minutes=1))
@@ -480,16 +509,19 @@ class SurveyRunner:
                 created_by=by[:40],
             )
             session.add(row)
-            session.commit()
-            share_id = row.id
+            session.flush()
             run = session.get(SurveyRun, run_id)
-        assert run is not None
-        self._queue(
-            run,
-            [Person(user, "", "", None, None) for user in people],
-            key=f"survey-share:{run.key}:{share_id}",
-            now=self.clock(),
-        )
+            assert run is not None
+            self._queue(
+                session,
+                run,
+                [Person(user, "", "", None, None) for user in people],
+                key=f"survey-share:{run.key}:{row.id}",
+                kind="share",
+                share_id=row.id,
+                now=self.clock(),
+            )
+            session.commit()
         return len(people)
 
 

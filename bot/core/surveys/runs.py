@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import random
 import secrets
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -76,7 +76,7 @@ class RunInfo:
 
 def start_run(
     *,
-    db: Engine,
+    session: Session,
     survey: Survey,
     key: str,
     audience: Sequence[str],
@@ -88,43 +88,43 @@ def start_run(
 ) -> int | None:
     """Create a run (unique by `key`); None when it exists already. The survey's anonymity is
     frozen into the run. An anonymous or confidential run needs the deployment's survey
-    `secret` (SecretMissing without it): its run key is derived from it."""
+    `secret` (SecretMissing without it): its run key is derived from it. The caller commits;
+    a run another process creates at the same moment makes the flush raise IntegrityError,
+    and the caller rolls back. (No savepoint: with pysqlite a savepoint opened before the
+    transaction's first write would commit on release.)"""
     if survey.anonymity != "named" and not secret:
         raise SecretMissing(
             f"survey {survey.id} is {survey.anonymity}: set MOBILIZE_SURVEY_SECRET (or "
             "MOBILIZE_SURVEY_SECRET_FILE) before starting it"
         )
-    with Session(db) as session:
-        number = (
-            session.exec(select(func.count()).where(SurveyRun.survey_id == survey.id)).one() or 0
-        ) + 1
-        run = SurveyRun(
-            key=key,
-            survey_id=survey.id,
-            number=int(number),
-            anonymity=survey.anonymity,
-            min_group=survey.min_group,
-            audience=json.dumps(list(audience)),
-            state="planned",
-            starts_at=starts_at,
-            closes_at=closes_at,
-            reminder_days=json.dumps(list(reminder_days)),
-            owner=by if by[:1] in {"U", "W"} else "",
-            created_by=by,
-            key_salt=privacy.new_salt() if survey.anonymity != "named" else None,
-        )
+    if session.exec(select(SurveyRun.id).where(SurveyRun.key == key)).first() is not None:
+        return None
+    number = (
+        session.exec(select(func.count()).where(SurveyRun.survey_id == survey.id)).one() or 0
+    ) + 1
+    run = SurveyRun(
+        key=key,
+        survey_id=survey.id,
+        number=int(number),
+        anonymity=survey.anonymity,
+        min_group=survey.min_group,
+        audience=json.dumps(list(audience)),
+        state="planned",
+        starts_at=starts_at,
+        closes_at=closes_at,
+        reminder_days=json.dumps(list(reminder_days)),
+        owner=by if by[:1] in {"U", "W"} else "",
+        created_by=by,
+        key_salt=privacy.new_salt() if survey.anonymity != "named" else None,
+    )
+    session.add(run)
+    session.flush()
+    run_id = int(run.id or 0)
+    if secret and run.key_salt:
+        run.key_check = privacy.key_check(privacy.run_key(secret, run_id, run.key_salt))
         session.add(run)
-        try:
-            session.commit()
-        except IntegrityError:
-            session.rollback()
-            return None
-        run_id = int(run.id or 0)
-        if secret and run.key_salt:
-            run.key_check = privacy.key_check(privacy.run_key(secret, run_id, run.key_salt))
-            session.add(run)
-            session.commit()
-        return run_id
+        session.flush()
+    return run_id
 
 
 def coarsen_segments(
@@ -161,68 +161,75 @@ def coarsen_segments(
 
 def invite(
     *,
-    db: Engine,
+    session: Session,
     run_id: int,
     people: Sequence[str],
     segments: dict[str, dict[str, str]],
     now: datetime,
     min_group: int,
     order: Sequence[str] = (),
+    zones: Mapping[str, str] | None = None,
 ) -> tuple[list[str], list[tuple[str, str]]]:
     """Write the participation ledger; returns (invited, [(user, reason) left out]).
 
     At most one invitation per person per week, and nobody who paused surveys. Segment values
     are stored only as combinations at least `min_group` invitees share (`coarsen_segments`),
     so a response cannot single anyone out by segment even to someone reading the database.
-    A closed run stays closed: inviting to it does nothing."""
+    A closed run stays closed: inviting to it does nothing. `zones`: each person's time zone,
+    kept for local-time reminders. The caller commits (with the invitations' outbox rows)."""
     week_ago = now - timedelta(days=7)
-    with Session(db) as session:
-        run = session.get(SurveyRun, run_id)
-        if run is None or run.state == "closed":
-            return [], []
-        recent = set(
-            session.exec(
-                select(SurveyInvitation.user_id)
-                .join(SurveyRun, col(SurveyRun.id) == col(SurveyInvitation.run_id))
-                .where(col(SurveyRun.starts_at) >= week_ago, col(SurveyRun.id) != run_id)
-            ).all()
-        )
-        paused = {
-            row.user_id
-            for row in session.exec(select(SurveyPause))
-            if row.until is None or as_utc(row.until) > now
-        }
-        existing = {
-            row.user_id: json.loads(row.segments)
-            for row in session.exec(
-                select(SurveyInvitation).where(SurveyInvitation.run_id == run_id)
-            ).all()
-        }
-        invited: list[str] = []
-        left_out: list[tuple[str, str]] = []
-        for user in people:
-            if user in paused:
-                left_out.append((user, "paused surveys"))
-            elif user in recent:
-                left_out.append((user, "already invited this week"))
-            elif user not in existing:
-                invited.append(user)
-        # Those already invited keep what they have: their answers may carry it.
-        names = list(order) or sorted({name for s in segments.values() for name in s})
-        kept = coarsen_segments(
-            {user: segments.get(user, {}) for user in invited}, names, min_group=min_group
-        )
-        for user in invited:
-            session.add(
-                SurveyInvitation(run_id=run_id, user_id=user, segments=json.dumps(kept[user]))
+    zones = zones or {}
+    run = session.get(SurveyRun, run_id)
+    if run is None or run.state == "closed":
+        return [], []
+    recent = set(
+        session.exec(
+            select(SurveyInvitation.user_id)
+            .join(SurveyRun, col(SurveyRun.id) == col(SurveyInvitation.run_id))
+            .where(col(SurveyRun.starts_at) >= week_ago, col(SurveyRun.id) != run_id)
+        ).all()
+    )
+    paused = {
+        row.user_id
+        for row in session.exec(select(SurveyPause))
+        if row.until is None or as_utc(row.until) > now
+    }
+    existing = {
+        row.user_id: json.loads(row.segments)
+        for row in session.exec(
+            select(SurveyInvitation).where(SurveyInvitation.run_id == run_id)
+        ).all()
+    }
+    invited: list[str] = []
+    left_out: list[tuple[str, str]] = []
+    for user in people:
+        if user in paused:
+            left_out.append((user, "paused surveys"))
+        elif user in recent:
+            left_out.append((user, "already invited this week"))
+        elif user not in existing:
+            invited.append(user)
+    # Those already invited keep what they have: their answers may carry it.
+    names = list(order) or sorted({name for s in segments.values() for name in s})
+    kept = coarsen_segments(
+        {user: segments.get(user, {}) for user in invited}, names, min_group=min_group
+    )
+    for user in invited:
+        session.add(
+            SurveyInvitation(
+                run_id=run_id,
+                user_id=user,
+                segments=json.dumps(kept[user]),
+                tz=(zones.get(user) or "")[:64],
             )
-        # Only the conditional update opens the run: a close in between wins.
-        session.execute(
-            update(SurveyRun)
-            .where(col(SurveyRun.id) == run_id, col(SurveyRun.state) != "closed")
-            .values(state="open", population=len(existing) + len(invited))
         )
-        session.commit()
+    # Only the conditional update opens the run: a close in between wins.
+    session.execute(
+        update(SurveyRun)
+        .where(col(SurveyRun.id) == run_id, col(SurveyRun.state) != "closed")
+        .values(state="open", population=len(existing) + len(invited))
+    )
+    session.flush()
     return invited, left_out
 
 

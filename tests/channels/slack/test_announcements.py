@@ -19,7 +19,8 @@ from bot.channels.slack.sender import EVENT_TYPE
 from bot.core.announcements import sends
 from bot.core.announcements.templates import ACKNOWLEDGED
 from bot.store.models import Delivery, SchedulerMark
-from tests.auxil.outbox import deliveries, delivery, send_row
+from tests.auxil.db import committed
+from tests.auxil.outbox import deliveries, delivery
 from tests.auxil.running import (
     ADMIN,
     RunningBot,
@@ -64,8 +65,9 @@ def bot(database_url: str, content_dir: Path, slack: FakeSlack) -> Iterator[Runn
 
 def send(bot: RunningBot, template: str, *audience: str, by: str = OWNER) -> int:
     """What `mobilize announce send` queues: an ad-hoc send due now."""
-    return sends.create_adhoc(
-        db=bot.service.db,
+    return committed(
+        bot.service.db,
+        sends.create_adhoc,
         template=template,
         audience=list(audience),
         at=datetime.now(UTC),
@@ -263,6 +265,7 @@ def test_a_reminder_goes_to_who_has_not_acknowledged_and_its_click_counts(
     assert "*Reminder:*" in block_text(to_u2.params["blocks"])
 
     parent_id = delivery(bot.service.db, delivery_id_of(first["U1"])).send_id
+    assert parent_id is not None
     channel, ts = where(to_u2)
     bot.click(
         button(to_u2.params["blocks"], "I've read this"), user="U2", channel=channel, message_ts=ts
@@ -308,7 +311,9 @@ def test_resend_failed_delivers_to_those_it_failed_for_once(
     deliver(bot)
     assert bot.service.announcer.status(send_id)["failed"] == 1
 
-    assert sends.resend_failed(db=bot.service.db, send_id=send_id, now=datetime.now(UTC)) == 1
+    assert (
+        committed(bot.service.db, sends.resend_failed, send_id=send_id, now=datetime.now(UTC)) == 1
+    )
     deliver(bot)
     assert sorted(call.params["channel"] for call in copies(slack)) == ["U1", "U2"]
     status = bot.service.announcer.status(send_id)
@@ -356,7 +361,9 @@ def test_an_update_re_renders_and_edits_every_copy(
     assert bot.service.announcer.load() == []
 
     assert (
-        sends.request_edit(db=bot.service.db, send_id=send_id, op="update", now=datetime.now(UTC))
+        committed(
+            bot.service.db, sends.request_edit, send_id=send_id, op="update", now=datetime.now(UTC)
+        )
         == 3
     )
     deliver(bot)
@@ -373,7 +380,9 @@ def test_a_recall_deletes_every_copy(bot: RunningBot, slack: FakeSlack) -> None:
     sent = {where(call) for call in copies(slack)}
 
     assert (
-        sends.request_edit(db=bot.service.db, send_id=send_id, op="delete", now=datetime.now(UTC))
+        committed(
+            bot.service.db, sends.request_edit, send_id=send_id, op="delete", now=datetime.now(UTC)
+        )
         == 3
     )
     deliver(bot)
@@ -388,7 +397,7 @@ def test_a_recall_deletes_every_copy(bot: RunningBot, slack: FakeSlack) -> None:
 def test_a_cancelled_send_is_not_posted(bot: RunningBot, slack: FakeSlack) -> None:
     send_id = send(bot, "go-live-day", "users:U1,U2")
     bot.service.announcer.tick()  # the audience is resolved: two rows wait for a worker
-    assert sends.cancel(db=bot.service.db, send_id=send_id) == 2
+    assert committed(bot.service.db, sends.cancel, send_id=send_id) == 2
     deliver(bot)
     assert copies(slack) == []
     status = bot.service.announcer.status(send_id)
@@ -468,8 +477,10 @@ def test_a_copy_posted_just_before_a_crash_is_found_and_not_sent_again(
     u1, u2 = deliveries(bot.service.db, send_id)
     assert u1.id is not None
     # A worker claimed U1's row, posted it, and was killed before it could record that.
-    message = announcer.render_delivery(u1, send_row(bot.service.db, send_id))
-    posted = announcer.outbox.sender.post(recipient="U1", message=message, delivery_id=u1.id)
+    message = announcer.render_delivery(u1)
+    posted = announcer.outbox.senders["slack"].post(
+        recipient="U1", message=message, delivery_id=u1.id
+    )
     assert posted.ok
     # FakeSlack's clock starts at ts 1700000000 (2023), so the claim is dated just before the
     # post, as it would be against Slack: the search looks from the claim onwards.

@@ -27,6 +27,7 @@ from bot.core.announcements import sends
 from bot.core.announcements.templates import ACKNOWLEDGED
 from bot.core.faq.desk import Asker, Reply
 from bot.store.models import Delivery, RateBudget
+from tests.auxil.db import committed
 from tests.auxil.outbox import deliveries, delivery
 from tests.auxil.running import (
     RunningBot,
@@ -221,8 +222,9 @@ def test_an_acknowledgement_is_shown_through_the_response_url(
     bot: RunningBot, slack: FakeSlack
 ) -> None:
     announcer = bot.service.announcer
-    send_id = sends.create_adhoc(
-        db=bot.service.db,
+    send_id = committed(
+        bot.service.db,
+        sends.create_adhoc,
         template="peopledesk-read-only",
         audience=["users:U1"],
         at=datetime.now(UTC),
@@ -326,8 +328,9 @@ def test_a_429_on_conversations_history_does_not_pause_the_sends(
     bot: RunningBot, slack: FakeSlack
 ) -> None:
     announcer = bot.service.announcer
-    send_id = sends.create_adhoc(
-        db=bot.service.db,
+    send_id = committed(
+        bot.service.db,
+        sends.create_adhoc,
         template="go-live-day",
         audience=["users:U1,U2"],
         at=datetime.now(UTC),

@@ -13,21 +13,23 @@ import pytest
 from bot.core.announcements import plan as plan_module
 from bot.core.announcements.plan import (
     Announcement,
-    DateExpr,
     Occurrence,
-    OneOff,
     Plan,
-    Recurrence,
     load_plan,
     occurrences,
-    parse_at,
     parse_audience,
-    parse_date,
-    parse_every,
-    parse_quiet_hours,
     send_time,
 )
 from bot.core.content import Rollout, load_rollout
+from bot.core.schedule import (
+    DateExpr,
+    OneOff,
+    Recurrence,
+    parse_at,
+    parse_date,
+    parse_every,
+    parse_quiet_hours,
+)
 
 ROOT = Path(__file__).resolve().parents[3]
 ROLLOUT = Rollout(

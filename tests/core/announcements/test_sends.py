@@ -15,9 +15,11 @@ from sqlmodel import Session, col, select
 
 from bot.core.announcements import sends
 from bot.core.announcements.audience import DirectoryError, Person
-from bot.core.announcements.plan import Announcement, DateExpr, OneOff, Plan, occurrences
+from bot.core.announcements.plan import Announcement, Plan, occurrences
 from bot.core.content import Rollout
+from bot.core.schedule import DateExpr, OneOff
 from bot.store.models import AnnouncementSend, Delivery, SchedulerMark
+from tests.auxil.db import committed
 from tests.auxil.outbox import deliveries, make_send, send_row
 
 ROLLOUT = Rollout(
@@ -257,7 +259,7 @@ def test_local_time_deliveries_wait_for_each_recipients_own_clock(db: Engine) ->
     )
     assert resolved == [send.id]
     rows = {row.recipient: row for row in deliveries(db, int(send.id or 0))}
-    assert {r: (row.kind, row.not_before, row.state) for r, row in rows.items()} == {
+    assert {r: (row.target, row.not_before, row.state) for r, row in rows.items()} == {
         "C1": ("channel", datetime(2027, 2, 15, 9, 0, tzinfo=UTC), "pending"),  # rollout zone
         "U1": ("dm", datetime(2027, 2, 15, 9, 0, tzinfo=UTC), "pending"),  # London, GMT
         "U2": ("dm", datetime(2027, 2, 15, 14, 0, tzinfo=UTC), "pending"),  # New York, EST
@@ -279,8 +281,14 @@ def test_local_time_deliveries_wait_for_each_recipients_own_clock(db: Engine) ->
 
 def test_an_adhoc_send_goes_to_everyone_at_its_time(db: Engine) -> None:
     at = datetime(2027, 3, 1, 12, 0, tzinfo=UTC)
-    send_id = sends.create_adhoc(
-        db=db, template="notice", audience=["users:U1,U2"], at=at, by="U9", ack=True
+    send_id = committed(
+        db,
+        sends.create_adhoc,
+        template="notice",
+        audience=["users:U1,U2"],
+        at=at,
+        by="U9",
+        ack=True,
     )
     send = send_row(db, send_id)
     assert (send.state, send.owner, send.created_by, send.ack, send.key[:6]) == (
@@ -303,16 +311,16 @@ def test_an_adhoc_send_goes_to_everyone_at_its_time(db: Engine) -> None:
         ("U1", at),
         ("U2", at),
     ]
-    cli_send = sends.create_adhoc(
-        db=db, template="notice", audience=["everyone"], at=at, by="cli:ann"
+    cli_send = committed(
+        db, sends.create_adhoc, template="notice", audience=["everyone"], at=at, by="cli:ann"
     )
     assert send_row(db, cli_send).owner == ""  # the report goes to the admins
 
 
 def test_an_audience_that_fails_leaves_the_send_planned_and_retries_later(db: Engine) -> None:
     at = datetime(2027, 3, 1, 12, 0, tzinfo=UTC)
-    send_id = sends.create_adhoc(
-        db=db, template="notice", audience=["members:C404"], at=at, by="U9"
+    send_id = committed(
+        db, sends.create_adhoc, template="notice", audience=["members:C404"], at=at, by="U9"
     )
     directory = Directory(PEOPLE)
     kwargs = {
@@ -336,7 +344,9 @@ def test_a_send_left_resolving_by_a_crashed_scheduler_is_taken_over_after_its_le
     db: Engine,
 ) -> None:
     at = datetime(2027, 3, 1, 12, 0, tzinfo=UTC)
-    send_id = sends.create_adhoc(db=db, template="notice", audience=["users:U1"], at=at, by="U9")
+    send_id = committed(
+        db, sends.create_adhoc, template="notice", audience=["users:U1"], at=at, by="U9"
+    )
     with Session(db) as session:  # another process took it and died mid-resolution
         session.execute(
             update(AnnouncementSend)
@@ -370,11 +380,11 @@ def test_complete_marks_a_send_done_once_every_row_is_settled(db: Engine) -> Non
     set_rows(db, open_send, "U1", state="sent")
     planned, _ = make_send(db, [], state="planned")
 
-    assert sends.complete(db=db, now=now) == [settled]
+    assert committed(db, sends.complete, now=now) == [settled]
     assert (send_row(db, settled).state, send_row(db, settled).completed_at) == ("done", now)
     assert send_row(db, open_send).state == "sending"
     assert send_row(db, planned).state == "planned"
-    assert sends.complete(db=db, now=now) == []
+    assert committed(db, sends.complete, now=now) == []
 
 
 def test_a_reminder_goes_only_to_who_has_not_acknowledged(db: Engine) -> None:
@@ -386,9 +396,9 @@ def test_a_reminder_goes_only_to_who_has_not_acknowledged(db: Engine) -> None:
     set_rows(db, parent_id, "C1", state="sent")
     parent = send_row(db, parent_id)
 
-    waiting = sends.unacknowledged(db=db, send_id=parent_id)
+    waiting = committed(db, sends.unacknowledged, send_id=parent_id)
     assert [row.recipient for row in waiting] == ["U2"]
-    child_id = sends.create_reminder(db=db, parent=parent, recipients=waiting, now=now)
+    child_id = committed(db, sends.create_reminder, parent=parent, recipients=waiting, now=now)
     assert child_id is not None
     child = send_row(db, child_id)
     assert (child.reminder_of, child.key, child.state, child.ack) == (
@@ -402,7 +412,7 @@ def test_a_reminder_goes_only_to_who_has_not_acknowledged(db: Engine) -> None:
     ]
     assert send_row(db, parent_id).reminded_at == now
 
-    assert sends.create_reminder(db=db, parent=parent, recipients=waiting, now=now) is None
+    assert committed(db, sends.create_reminder, parent=parent, recipients=waiting, now=now) is None
     assert len(all_sends(db)) == 2
 
 
@@ -411,8 +421,8 @@ def test_nobody_left_to_remind_means_no_reminder(db: Engine) -> None:
     parent_id, _ = make_send(db, ["U1"], ack=True)
     set_rows(db, parent_id, "U1", state="sent", acked_at=now)
     parent = send_row(db, parent_id)
-    waiting = sends.unacknowledged(db=db, send_id=parent_id)
-    assert sends.create_reminder(db=db, parent=parent, recipients=waiting, now=now) is None
+    waiting = committed(db, sends.unacknowledged, send_id=parent_id)
+    assert committed(db, sends.create_reminder, parent=parent, recipients=waiting, now=now) is None
     assert len(all_sends(db)) == 1
     assert send_row(db, parent_id).reminded_at == now
 
@@ -420,10 +430,12 @@ def test_nobody_left_to_remind_means_no_reminder(db: Engine) -> None:
 def test_acknowledging_is_recorded_once_and_only_for_the_recipient(db: Engine) -> None:
     now = datetime(2027, 3, 3, 12, 0, tzinfo=UTC)
     send_id, (mine, _theirs) = make_send(db, ["U1", "U2"], ack=True)
-    assert sends.acknowledge(db=db, delivery_id=mine, user_id="U2", now=now) is None
-    first = sends.acknowledge(db=db, delivery_id=mine, user_id="U1", now=now)
+    assert committed(db, sends.acknowledge, delivery_id=mine, user_id="U2", now=now) is None
+    first = committed(db, sends.acknowledge, delivery_id=mine, user_id="U1", now=now)
     assert first is not None and first.acked_at == now
-    again = sends.acknowledge(db=db, delivery_id=mine, user_id="U1", now=now + timedelta(hours=1))
+    again = committed(
+        db, sends.acknowledge, delivery_id=mine, user_id="U1", now=now + timedelta(hours=1)
+    )
     assert again is not None and again.acked_at == now
     assert [row.acked_at for row in deliveries(db, send_id)] == [now, None]
 
@@ -441,7 +453,7 @@ def mixed(db: Engine) -> int:
 
 def test_an_update_is_queued_for_every_sent_copy(db: Engine, mixed: int) -> None:
     now = datetime(2027, 3, 3, 12, 0, tzinfo=UTC)
-    assert sends.request_edit(db=db, send_id=mixed, op="update", now=now) == 2
+    assert committed(db, sends.request_edit, send_id=mixed, op="update", now=now) == 2
     rows = {row.recipient: row for row in deliveries(db, mixed)}
     assert {r: (row.state, row.op) for r, row in rows.items()} == {
         "U1": ("sent", "update"),
@@ -455,7 +467,7 @@ def test_an_update_is_queued_for_every_sent_copy(db: Engine, mixed: int) -> None
 
 def test_a_recall_deletes_sent_copies_and_stops_the_rest(db: Engine, mixed: int) -> None:
     now = datetime(2027, 3, 3, 12, 0, tzinfo=UTC)
-    assert sends.request_edit(db=db, send_id=mixed, op="delete", now=now) >= 2
+    assert committed(db, sends.request_edit, send_id=mixed, op="delete", now=now) >= 2
     rows = {row.recipient: row for row in deliveries(db, mixed)}
     assert {r: (row.state, row.op) for r, row in rows.items()} == {
         "U1": ("sent", "delete"),
@@ -470,8 +482,13 @@ def test_a_recall_deletes_sent_copies_and_stops_the_rest(db: Engine, mixed: int)
 
 def test_recalling_a_send_that_has_not_gone_out_yet_cancels_it(db: Engine) -> None:
     at = datetime(2027, 3, 1, 12, 0, tzinfo=UTC)
-    send_id = sends.create_adhoc(db=db, template="notice", audience=["everyone"], at=at, by="U9")
-    assert sends.request_edit(db=db, send_id=send_id, op="delete", now=at - timedelta(hours=1)) == 0
+    send_id = committed(
+        db, sends.create_adhoc, template="notice", audience=["everyone"], at=at, by="U9"
+    )
+    assert (
+        committed(db, sends.request_edit, send_id=send_id, op="delete", now=at - timedelta(hours=1))
+        == 0
+    )
     assert send_row(db, send_id).state == "cancelled"
     resolved = sends.resolve_due(
         db=db,
@@ -493,7 +510,7 @@ def test_resend_failed_queues_the_failed_rows_again(db: Engine, mixed: int) -> N
             .values(state="done", completed_at=now, reported_at=now)
         )
         session.commit()
-    assert sends.resend_failed(db=db, send_id=mixed, now=now) == 1
+    assert committed(db, sends.resend_failed, send_id=mixed, now=now) == 1
     (row,) = [row for row in deliveries(db, mixed) if row.recipient == "U4"]
     assert (row.state, row.attempts, row.error, row.not_before) == ("pending", 0, "", now)
     send = send_row(db, mixed)
@@ -502,7 +519,7 @@ def test_resend_failed_queues_the_failed_rows_again(db: Engine, mixed: int) -> N
 
 
 def test_cancel_stops_what_has_not_gone_and_keeps_what_has(db: Engine, mixed: int) -> None:
-    assert sends.cancel(db=db, send_id=mixed) == 1
+    assert committed(db, sends.cancel, send_id=mixed) == 1
     assert states(db, mixed) == {
         "U1": "sent",
         "U2": "sent",
@@ -515,8 +532,10 @@ def test_cancel_stops_what_has_not_gone_and_keeps_what_has(db: Engine, mixed: in
 
 def test_a_send_cancelled_while_its_audience_is_resolved_stays_cancelled(db: Engine) -> None:
     at = datetime(2027, 3, 1, 12, 0, tzinfo=UTC)
-    send_id = sends.create_adhoc(db=db, template="notice", audience=["everyone"], at=at, by="U9")
-    directory = Directory(PEOPLE, during=lambda: sends.cancel(db=db, send_id=send_id))
+    send_id = committed(
+        db, sends.create_adhoc, template="notice", audience=["everyone"], at=at, by="U9"
+    )
+    directory = Directory(PEOPLE, during=lambda: committed(db, sends.cancel, send_id=send_id))
     sends.resolve_due(
         db=db, plan=Plan(), rollout=ROLLOUT, directory=directory, content_dir=Path("."), now=at
     )

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.channels.slack.render import to_payload
+from bot.channels.slack.render import preview_blocks_url, to_payload
 from bot.core.announcements.templates import (
     ANNOUNCE_ACK,
     ANNOUNCE_LINK,
@@ -22,7 +22,6 @@ from bot.core.announcements.templates import (
     TemplateRenderError,
     defang,
     load_templates,
-    preview_blocks_url,
     render,
     template_context,
 )

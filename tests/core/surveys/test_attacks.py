@@ -39,6 +39,7 @@ from bot.core.surveys.report import (
 from bot.core.surveys.results import suppress
 from bot.core.surveys.runs import CLOSED_TEXT, SurveyDesk, invite
 from bot.store.models import Delivery, SurveyInvitation, SurveyResponse, SurveyRun
+from tests.auxil.db import committed
 from tests.auxil.surveys import (
     SECRET,
     Bot,
@@ -519,8 +520,8 @@ def test_logs_at_debug_carry_no_answer(
 
 def test_a_closed_run_cannot_be_reopened_by_inviting(bot: Bot) -> None:
     run_id, _slack, _order = run_and_close(bot)
-    invited, _left = invite(
-        db=bot.db, run_id=run_id, people=["U99LATE"], segments={}, now=START, min_group=3
+    invited, _left = committed(
+        bot.db, invite, run_id=run_id, people=["U99LATE"], segments={}, now=START, min_group=3
     )
     assert invited == []
     with Session(bot.db) as session:

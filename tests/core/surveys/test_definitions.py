@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from bot.core.announcements.plan import DateExpr, OneOff, Recurrence, load_plan
+from bot.core.announcements.plan import load_plan
 from bot.core.content import Rollout, load_rollout
+from bot.core.schedule import DateExpr, OneOff, Recurrence
 from bot.core.surveys.definitions import (
     ADKAR,
     ENPS_LABELS,

@@ -27,6 +27,7 @@ from bot.core.surveys.runs import (
     start_run,
 )
 from bot.store.models import SurveyInvitation, SurveyResponse, SurveyRun
+from tests.auxil.db import committed
 from tests.auxil.surveys import PULSE, SECRET, T0, Clock, load_survey, open_run, plain
 
 USERS = ["U01", "U02", "U03", "U04", "U05"]
@@ -348,13 +349,16 @@ def test_an_answer_racing_the_close_loses_its_key_too(
 def test_nobody_is_invited_twice_in_a_week_across_runs(db: Engine, survey: Survey) -> None:
     first = open_run(db, survey, ["U01", "U02"])
     # Inviting again into the same run adds nobody twice.
-    assert invite(db=db, run_id=first, people=["U01", "U02"], segments={}, now=T0, min_group=3) == (
+    assert committed(
+        db, invite, run_id=first, people=["U01", "U02"], segments={}, now=T0, min_group=3
+    ) == (
         [],
         [],
     )
     assert get_run(db, first).population == 2
-    later = start_run(
-        db=db,
+    later = committed(
+        db,
+        start_run,
         survey=survey,
         key="pulse@later",
         audience=["everyone"],
@@ -363,8 +367,9 @@ def test_nobody_is_invited_twice_in_a_week_across_runs(db: Engine, survey: Surve
         secret=SECRET,
     )
     assert later is not None
-    invited, left_out = invite(
-        db=db,
+    invited, left_out = committed(
+        db,
+        invite,
         run_id=later,
         people=["U01", "U03"],
         segments={},
@@ -373,8 +378,9 @@ def test_nobody_is_invited_twice_in_a_week_across_runs(db: Engine, survey: Surve
     )
     assert (invited, left_out) == (["U03"], [("U01", "already invited this week")])
 
-    week_on = start_run(
-        db=db,
+    week_on = committed(
+        db,
+        start_run,
         survey=survey,
         key="pulse@week-on",
         audience=["everyone"],
@@ -383,8 +389,9 @@ def test_nobody_is_invited_twice_in_a_week_across_runs(db: Engine, survey: Surve
         secret=SECRET,
     )
     assert week_on is not None
-    invited, left_out = invite(
-        db=db,
+    invited, left_out = committed(
+        db,
+        invite,
         run_id=week_on,
         people=["U01", "U02"],
         segments={},
@@ -399,8 +406,9 @@ def test_people_who_paused_are_left_out_until_they_resume_or_the_pause_ends(
 ) -> None:
     desk.pause("U01")
     desk.pause("U02", weeks=1)
-    run_id = start_run(
-        db=db,
+    run_id = committed(
+        db,
+        start_run,
         survey=survey,
         key="pulse@1",
         audience=["everyone"],
@@ -409,16 +417,17 @@ def test_people_who_paused_are_left_out_until_they_resume_or_the_pause_ends(
         secret=SECRET,
     )
     assert run_id is not None
-    invited, left_out = invite(
-        db=db, run_id=run_id, people=["U01", "U02", "U03"], segments={}, now=T0, min_group=3
+    invited, left_out = committed(
+        db, invite, run_id=run_id, people=["U01", "U02", "U03"], segments={}, now=T0, min_group=3
     )
     assert invited == ["U03"]
     assert left_out == [("U01", "paused surveys"), ("U02", "paused surveys")]
     assert get_run(db, run_id).state == "open" and get_run(db, run_id).population == 1
 
     desk.resume("U01")
-    later = start_run(
-        db=db,
+    later = committed(
+        db,
+        start_run,
         survey=survey,
         key="pulse@2",
         audience=["everyone"],
@@ -427,8 +436,9 @@ def test_people_who_paused_are_left_out_until_they_resume_or_the_pause_ends(
         secret=SECRET,
     )
     assert later is not None
-    invited, left_out = invite(
-        db=db,
+    invited, left_out = committed(
+        db,
+        invite,
         run_id=later,
         people=["U01", "U02"],
         segments={},

@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from bot.core.delivery import LEASE, Budget, SendResult
+from bot.core.outbox import LEASE, Budget, SendResult
 from bot.store.models import RateBudget
 from tests.auxil.outbox import FakeClock, RecordingSender, delivery, make_outbox, make_send
 

@@ -1,11 +1,15 @@
 """The outbox: deliveries are claimed with a lease, sent under one shared rate budget, retried,
 and reconciled after a crash, so every recipient gets a message exactly once.
 
-A delivery row goes `pending → sending → sent | failed | skipped | cancelled`. A worker claims
-rows (`FOR UPDATE SKIP LOCKED` on PostgreSQL; a conditional update makes it safe on SQLite
-too), takes a token from the shared budget and posts. A row found in `sending` with an expired
-lease is *in doubt*: its message carries the delivery id in Slack message metadata, so the
-recipient's conversation is searched before anything is resent.
+A delivery row goes `pending → sending → sent | failed | skipped | cancelled | unknown`. Each
+row has a *kind* (what it is: an announcement, a survey invitation, …), whose registered
+renderer turns it into a `Message`, and a *platform*, whose `Sender` posts it. A worker claims
+rows of the platforms it has a sender for (`FOR UPDATE SKIP LOCKED` on PostgreSQL; a
+conditional update makes it safe on SQLite too), takes a token from the shared budget and
+posts. A row found in `sending` with an expired lease is *in doubt*: the platform's sender
+looks for it in the recipient's conversation before anything is resent; a platform that cannot
+read back answers `CANNOT_TELL` and the row becomes `unknown`, for an operator to resend or
+settle (`resolve_unknown`) — never resent silently.
 """
 
 from __future__ import annotations
@@ -13,77 +17,65 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy import Engine, case, update
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy import Engine, update
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col, select
 
 from bot.core.messages import Message
-from bot.store.models import AnnouncementSend, Delivery, RateBudget, as_utc, utcnow
+from bot.core.outbox.budget import Budget, Limits
+from bot.store.models import Delivery, as_utc, utcnow
 
 log = logging.getLogger(__name__)
 
-# Slack errors that no retry can fix: the row ends as failed with that code.
-PERMANENT_ERRORS = frozenset(
-    {
-        "user_not_found",
-        "users_not_found",
-        "account_inactive",
-        "user_disabled",
-        "channel_not_found",
-        "not_in_channel",
-        "is_archived",
-        "channel_is_archived",
-        "cannot_dm_bot",
-        "messages_tab_disabled",
-        "restricted_action",
-        "invalid_blocks",
-        "invalid_metadata_format",
-        "msg_too_long",
-        "no_text",
-        "invalid_auth",
-        "not_authed",
-        "token_revoked",
-        "missing_scope",
-        "message_not_found",
-        "cant_update_message",
-        "cant_delete_message",
-        "edit_window_closed",
-        "template_error",
-    }
-)
+# What a delivery is; each kind has one renderer, registered by the part of the core that
+# writes such rows (announcements, surveys).
+ANNOUNCEMENT = "announcement"
+ANNOUNCEMENT_REMINDER = "announcement_reminder"
+SURVEY_INVITATION = "survey_invitation"  # edited to the "closed" notice when the run closes
+SURVEY_REMINDER = "survey_reminder"
+SURVEY_SHARE = "survey_share"
+SLACK = "slack"
+
 MAX_ATTEMPTS = 6
 LEASE = timedelta(seconds=120)  # far longer than one bounded Web API call with its retries
 # The longest one post may take (the outbox's Web API client: a 15 s timeout, no retries). A
 # post starts only while at least this much of its lease is left, so no other worker can
 # reconcile the row and resend it while the post is in flight; a lease must be this long.
 POST_BOUND = timedelta(seconds=20)
-# The sender's error when a request may have reached Slack but no answer came back (a timeout
-# or a dropped connection): the row stays `sending` and reconcile() checks the conversation.
+# The sender's error when a request may have reached the platform but no answer came back (a
+# timeout or a dropped connection): the row stays `sending` and reconcile() asks find().
 IN_DOUBT = "no_response"
+# find()'s answers when the message is not there, and when the platform cannot say.
+NOT_FOUND = "not_found"
+CANNOT_TELL = "cannot_tell"
+# The error an edit gets when the message is no longer there (a delete then counts as done).
+GONE = "message_not_found"
 
 
 @dataclass(frozen=True)
 class SendResult:
-    """What the platform said: ok with where the message is, or Slack's error code."""
+    """What the platform said: ok with where the message is, or the platform's error code and
+    whether no retry can fix it (the sender knows its platform's codes; the core does not)."""
 
     ok: bool
     channel: str = ""
     ts: str = ""
     error: str = ""
     retry_after: float | None = None  # seconds, on a 429
-
-    @property
-    def permanent(self) -> bool:
-        return not self.ok and self.error in PERMANENT_ERRORS
+    permanent: bool = False
 
 
 class SkipDelivery(Exception):
     """Raised by a renderer when this recipient should not get the message after all."""
+
+
+class Cancelled(SkipDelivery):
+    """Raised by a renderer when the whole batch was cancelled: the row ends `cancelled`."""
 
 
 class Sender(Protocol):
@@ -98,128 +90,14 @@ class Sender(Protocol):
     def find(
         self, *, recipient: str, channel: str, delivery_id: int, since: datetime
     ) -> SendResult:
-        """Look for the message carrying `delivery_id`: ok with its ts, ok=False with
-        error "not_found" when it is not there, or another error when the search failed."""
+        """Look for the message carrying `delivery_id` (after a crash mid-post): ok with where
+        it is; ok=False with NOT_FOUND when it is surely not there (the outbox sends it);
+        CANNOT_TELL when the platform offers no read-back (the row becomes `unknown` for an
+        operator); another error when the search failed (tried again later)."""
         ...
 
 
-@dataclass(frozen=True)
-class Limits:
-    """The rate budget. Defaults follow Slack's published limits; all configurable."""
-
-    posts_per_second: float = 20.0  # workspace-wide cap across every worker and process
-    burst: float = 20.0
-    edits_per_second: float = 0.8  # Tier 3 (50+/min) for chat.update / chat.delete
-    per_channel_interval: float = 1.0  # Slack: 1 message per second per channel
-    # Reconcile's searches (conversations.open / conversations.history, Tier 3) have a bucket
-    # of their own: a 429 there must not stop the sending.
-    reads_per_second: float = 0.8
-    read_burst: float = 3.0
-
-
-class Budget:
-    """A token bucket in the database, shared by every worker of every process.
-
-    A 429's Retry-After pauses the whole bucket, so all workers wait, not just the one hit."""
-
-    def __init__(self, db: Engine, *, clock: Callable[[], float] = time.time) -> None:
-        self.db = db
-        self.clock = clock
-
-    def take(self, name: str, *, rate: float, burst: float, count: int = 1) -> float:
-        """Take `count` tokens (all or none, at most `burst`); returns 0 when taken, else the
-        seconds to wait before trying again.
-
-        One conditional UPDATE computes the refill and takes the token, so it is atomic on
-        every database: a read-then-write lets two workers on SQLite (where FOR UPDATE does
-        nothing) take the same token, and the bucket then hands out more than `rate`."""
-        now = self.clock()
-        count = max(1, min(count, int(burst)))
-        refilled = RateBudget.tokens + (now - col(RateBudget.updated)) * rate
-        level = case((refilled > burst, burst), else_=refilled)
-        with self.db.begin() as connection:
-            taken = connection.execute(
-                update(RateBudget)
-                .where(
-                    col(RateBudget.name) == name,
-                    col(RateBudget.paused_until) <= now,
-                    level >= count,
-                )
-                .values(tokens=level - count, updated=now)
-            )
-        if taken.rowcount == 1:
-            return 0.0
-        with Session(self.db) as session:
-            row = session.get(RateBudget, name)
-            if row is None:
-                try:
-                    session.add(RateBudget(name=name, tokens=burst, updated=now))
-                    session.commit()
-                except IntegrityError:
-                    session.rollback()
-                return self.take(name, rate=rate, burst=burst, count=count)
-            if row.paused_until > now:
-                return row.paused_until - now
-            tokens = min(burst, row.tokens + (now - row.updated) * rate)
-            return max(0.001, (count - tokens) / rate)
-
-    def borrow(self, name: str, *, rate: float, burst: float, debt: float | None = None) -> float:
-        """Take one token for an interactive call (an answer, a notice, a confirmation), which
-        must not queue behind the outbox: it may take the bucket below zero, down to `-debt`
-        (a burst's worth by default), and the outbox's workers repay by waiting. Returns 0 when
-        taken, else the seconds to wait: a 429's pause, or the debt at its limit. One
-        conditional UPDATE, like `take()`."""
-        now = self.clock()
-        floor = -(burst if debt is None else debt)
-        refilled = RateBudget.tokens + (now - col(RateBudget.updated)) * rate
-        level = case((refilled > burst, burst), else_=refilled)
-        with self.db.begin() as connection:
-            taken = connection.execute(
-                update(RateBudget)
-                .where(
-                    col(RateBudget.name) == name,
-                    col(RateBudget.paused_until) <= now,
-                    level - 1 >= floor,
-                )
-                .values(tokens=level - 1, updated=now)
-            )
-        if taken.rowcount == 1:
-            return 0.0
-        with Session(self.db) as session:
-            row = session.get(RateBudget, name)
-            if row is None:
-                try:
-                    session.add(RateBudget(name=name, tokens=burst, updated=now))
-                    session.commit()
-                except IntegrityError:
-                    session.rollback()
-                return self.borrow(name, rate=rate, burst=burst, debt=debt)
-            if row.paused_until > now:
-                return row.paused_until - now
-            tokens = min(burst, row.tokens + (now - row.updated) * rate)
-            return max(0.001, (floor + 1 - tokens) / rate)
-
-    def pause(self, name: str, seconds: float) -> None:
-        """Hold every worker on this bucket for `seconds` (a Retry-After). The bucket is empty
-        when the pause ends and refills from then on: no burst straight after a 429."""
-        until = self.clock() + seconds
-        later = case((col(RateBudget.paused_until) > until, RateBudget.paused_until), else_=until)
-        with Session(self.db) as session:
-            paused = session.execute(
-                update(RateBudget)
-                .where(col(RateBudget.name) == name)
-                .values(paused_until=later, updated=later, tokens=0.0)
-            )
-            if paused.rowcount == 0:  # type: ignore[attr-defined]
-                session.add(RateBudget(name=name, tokens=0.0, updated=until, paused_until=until))
-            try:
-                session.commit()
-            except IntegrityError:  # created meanwhile: pause that one
-                session.rollback()
-                self.pause(name, seconds)
-
-
-Renderer = Callable[[Delivery, AnnouncementSend], Message]
+Renderer = Callable[[Delivery], Message]
 
 
 class Outbox:
@@ -230,16 +108,16 @@ class Outbox:
         self,
         *,
         db: Engine,
-        sender: Sender,
-        render: Renderer,
+        senders: Mapping[str, Sender],
+        renderers: Mapping[str, Renderer] | None = None,
         limits: Limits = Limits(),
         clock: Callable[[], datetime] = utcnow,
         sleep: Callable[[float], None] = time.sleep,
         lease: timedelta = LEASE,
     ) -> None:
         self.db = db
-        self.sender = sender
-        self.render = render
+        self.senders = dict(senders)
+        self.renderers: dict[str, Renderer] = dict(renderers or {})
         self.limits = limits
         self.clock = clock
         self.sleep = sleep
@@ -250,6 +128,27 @@ class Outbox:
         # One thread per process and bucket asks the database for tokens; the others queue.
         self._budget_locks = {"posts": threading.RLock(), "edits": threading.RLock()}
         self._held: dict[str, tuple[int, float]] = {}  # bucket -> (tokens taken, unused; until)
+
+    def register(self, kind: str, renderer: Renderer) -> None:
+        """Render deliveries of `kind` with `renderer` (one per kind)."""
+        if self.renderers.get(kind, renderer) is not renderer:
+            raise ValueError(f"a renderer for {kind!r} is registered already")
+        self.renderers[kind] = renderer
+
+    def render(self, delivery: Delivery) -> Message:
+        renderer = self.renderers.get(delivery.kind)
+        if renderer is None:
+            raise KeyError(f"no renderer for {delivery.kind!r} deliveries in this process")
+        return renderer(delivery)
+
+    def _sender(self, delivery: Delivery) -> Sender:
+        return self.senders[delivery.platform]
+
+    @staticmethod
+    def _bucket(platform: str, name: str) -> str:
+        """The shared budget's bucket: Slack's keep their names ("posts", "edits", "reads"),
+        which the Slack chat port charges too; other platforms' are their own."""
+        return name if platform == SLACK else f"{platform}.{name}"
 
     # --- claiming ---------------------------------------------------------------------
 
@@ -262,7 +161,11 @@ class Outbox:
         now = self.clock()
         due = (
             select(Delivery.id)
-            .where(col(Delivery.state) == "pending", col(Delivery.not_before) <= now)
+            .where(
+                col(Delivery.state) == "pending",
+                col(Delivery.not_before) <= now,
+                col(Delivery.platform).in_(list(self.senders)),
+            )
             .order_by(col(Delivery.not_before), col(Delivery.id))
             .limit(limit)
             .with_for_update(skip_locked=True)
@@ -290,29 +193,25 @@ class Outbox:
     def deliver(self, delivery_id: int) -> str:
         """Send one claimed row; returns its new state."""
         with Session(self.db) as session:
-            found = session.exec(
-                select(Delivery, AnnouncementSend)
-                .join(AnnouncementSend, col(AnnouncementSend.id) == col(Delivery.send_id))
-                .where(col(Delivery.id) == delivery_id)
-            ).first()
-        if found is None or found[0].state != "sending":
+            delivery = session.get(Delivery, delivery_id)
+        if delivery is None or delivery.state != "sending":
             return "gone"
-        delivery, send = found
-        if send.state == "cancelled":
-            return self._finish(delivery_id, state="cancelled", error="cancelled")
         try:
-            message = self.render(delivery, send)
+            message = self.render(delivery)
+        except Cancelled:
+            return self._finish(delivery_id, state="cancelled", error="cancelled")
         except SkipDelivery as skip:  # e.g. a survey reminder to someone who has since answered
             return self._finish(delivery_id, state="skipped", error=str(skip)[:100])
         except Exception as exc:  # a template that fails for this person: fail the row, say why
             log.error("rendering delivery %s failed: %s", delivery_id, exc)
             return self._finish(delivery_id, state="failed", error="template_error")
-        self._wait_for_budget("posts", self.limits.posts_per_second, self.limits.burst)
-        if delivery.kind == "channel":
+        posts = self._bucket(delivery.platform, "posts")
+        self._wait_for_budget(posts, self.limits.posts_per_second, self.limits.burst)
+        if delivery.target == "channel":
             self._pace_channel(delivery.recipient)
         if not self._renew_lease(delivery):
             return "gone"  # the lease ran out while waiting and another worker took the row
-        result = self.sender.post(
+        result = self._sender(delivery).post(
             recipient=delivery.recipient, message=message, delivery_id=delivery_id
         )
         return self._settle(delivery, result)
@@ -342,15 +241,16 @@ class Outbox:
         if result.ok:
             return self._finish(delivery.id, state="sent", channel=result.channel, ts=result.ts)
         if result.retry_after is not None:
-            self.budget.pause("posts", result.retry_after)
-            self._held.pop("posts", None)  # this process's unused tokens wait too
+            posts = self._bucket(delivery.platform, "posts")
+            self.budget.pause(posts, result.retry_after)
+            self._held.pop(posts, None)  # this process's unused tokens wait too
             return self._retry(delivery, result.error or "ratelimited", count_attempt=False)
         if result.permanent:
             return self._finish(delivery.id, state="failed", error=result.error)
         if result.error == IN_DOUBT:
             # Slack may have posted it: resending now could duplicate. The row stays `sending`;
             # once its lease runs out, reconcile() looks in the conversation first.
-            log.warning("delivery %s: no answer from Slack; check before resending", delivery.id)
+            log.warning("delivery %s: no answer from the platform; check first", delivery.id)
             return "sending"
         return self._retry(delivery, result.error)
 
@@ -432,7 +332,11 @@ class Outbox:
         with Session(self.db, expire_on_commit=False) as session:
             doubtful = session.exec(
                 select(Delivery)
-                .where(Delivery.state == "sending", col(Delivery.lease_until) < now)
+                .where(
+                    Delivery.state == "sending",
+                    col(Delivery.lease_until) < now,
+                    col(Delivery.platform).in_(list(self.senders)),
+                )
                 .order_by(col(Delivery.id))
                 .limit(limit)
                 .with_for_update(skip_locked=True)
@@ -458,7 +362,7 @@ class Outbox:
             # then conversations.history): when it is spent or paused by a 429, the row waits
             # in doubt and the worker goes on sending instead of waiting here.
             wait = self.budget.take(
-                "reads",
+                self._bucket(row.platform, "reads"),
                 rate=self.limits.reads_per_second,
                 burst=self.limits.read_burst,
                 count=1 if row.channel else 2,
@@ -468,13 +372,17 @@ class Outbox:
                 continue
             # as_utc: SQLite gives naive datetimes, which .timestamp() would take as local time
             since = as_utc(row.claimed_at or now) - timedelta(minutes=5)
-            found = self.sender.find(
+            found = self._sender(row).find(
                 recipient=row.recipient, channel=row.channel, delivery_id=row.id, since=since
             )
-            if found.ok:
+            if found.error == CANNOT_TELL:
+                # No read-back on this platform: an operator decides (resolve_unknown).
+                self._finish(row.id, state="unknown", error="in_doubt")
+                log.warning("delivery %s is in doubt and cannot be checked: unknown", row.id)
+            elif found.ok:
                 self._finish(row.id, state="sent", channel=found.channel, ts=found.ts)
                 log.info("delivery %s was sent before a crash: found in %s", row.id, found.channel)
-            elif found.error == "not_found":
+            elif found.error == NOT_FOUND:
                 with Session(self.db) as session:
                     session.execute(
                         update(Delivery)
@@ -489,7 +397,7 @@ class Outbox:
                 # pauses the searches only; posting goes on.
                 self._hold_in_doubt(row.id, seconds=30)
                 if found.retry_after:
-                    self.budget.pause("reads", found.retry_after)
+                    self.budget.pause(self._bucket(row.platform, "reads"), found.retry_after)
                 continue
             settled += 1
         return settled
@@ -516,6 +424,7 @@ class Outbox:
                     col(Delivery.op_not_before) <= now,
                     # A copy still in flight is edited once its post is recorded.
                     col(Delivery.state) == "sent",
+                    col(Delivery.platform).in_(list(self.senders)),
                 )
                 .order_by(col(Delivery.id))
                 .limit(limit)
@@ -537,32 +446,31 @@ class Outbox:
         """Apply a pending update or delete to a sent copy, at Tier-3 pace."""
         with Session(self.db) as session:
             delivery = session.get(Delivery, delivery_id)
-            send = session.get(AnnouncementSend, delivery.send_id) if delivery else None
-        if delivery is None or send is None or not delivery.op:
+        if delivery is None or not delivery.op:
             return "gone"
-        self._wait_for_budget("edits", self.limits.edits_per_second, 1.0)
+        sender = self._sender(delivery)
+        edits = self._bucket(delivery.platform, "edits")
+        self._wait_for_budget(edits, self.limits.edits_per_second, 1.0)
         if delivery.op == "delete":
-            result = self.sender.delete(channel=delivery.channel, ts=delivery.ts)
+            result = sender.delete(channel=delivery.channel, ts=delivery.ts)
         else:
             try:
-                message = self.render(delivery, send)
+                message = self.render(delivery)
             except Exception as exc:
                 log.error("re-rendering delivery %s failed: %s", delivery_id, exc)
-                result = SendResult(ok=False, error="template_error")
+                result = SendResult(ok=False, error="template_error", permanent=True)
             else:
-                result = self.sender.update(
-                    channel=delivery.channel, ts=delivery.ts, message=message
-                )
+                result = sender.update(channel=delivery.channel, ts=delivery.ts, message=message)
         values: dict[str, object]
         if result.ok or result.permanent:
             values = {"op": "", "op_not_before": None, "updated_at": self.clock()}
-            if delivery.op == "delete" and (result.ok or result.error == "message_not_found"):
+            if delivery.op == "delete" and (result.ok or result.error == GONE):
                 values["state"] = "deleted"
             if not result.ok:
                 values["error"] = f"{delivery.op}:{result.error}"[:100]
         else:
             if result.retry_after is not None:
-                self.budget.pause("edits", result.retry_after)
+                self.budget.pause(edits, result.retry_after)
             values = {"op_not_before": self.clock() + timedelta(seconds=result.retry_after or 5)}
         with Session(self.db) as session:
             session.execute(
@@ -597,6 +505,24 @@ class Outbox:
                 moved = 0
             if not moved:
                 stop.wait(idle)
+
+
+def resolve_unknown(
+    *, session: Session, delivery_ids: Iterable[int], resend: bool, now: datetime
+) -> int:
+    """An operator's decision on `unknown` rows (in doubt on a platform that cannot read back):
+    resend them (pending again) or record them as sent. Returns how many rows changed."""
+    result = session.execute(
+        update(Delivery)
+        .where(col(Delivery.id).in_(list(delivery_ids)), col(Delivery.state) == "unknown")
+        .values(
+            state="pending" if resend else "sent",
+            error="" if resend else "in_doubt:marked_sent",
+            not_before=now,
+            updated_at=now,
+        )
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
 def counts(db: Engine, send_id: int) -> dict[str, int]:

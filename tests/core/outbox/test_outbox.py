@@ -5,17 +5,28 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session
 
 from bot.core.announcements.sends import cancel, request_edit
-from bot.core.delivery import LEASE, MAX_ATTEMPTS, Budget, Limits, Outbox, SendResult, counts
-from bot.core.messages import say
+from bot.core.messages import Message, say
+from bot.core.outbox import (
+    CANNOT_TELL,
+    LEASE,
+    MAX_ATTEMPTS,
+    Budget,
+    Limits,
+    Outbox,
+    SendResult,
+    counts,
+    resolve_unknown,
+)
 from bot.store.db import make_engine
-from bot.store.models import AnnouncementSend, Delivery, RateBudget
+from bot.store.models import Delivery, RateBudget
+from tests.auxil.db import committed
 from tests.auxil.outbox import (
     T0,
     FakeClock,
@@ -147,7 +158,7 @@ def test_posts_into_one_channel_are_a_second_apart(
 def test_a_permanent_error_ends_the_row_with_slacks_code(
     db: Engine, outbox: Outbox, sender: RecordingSender, clock: FakeClock, code: str
 ) -> None:
-    sender.script("post", SendResult(ok=False, error=code))
+    sender.script("post", SendResult(ok=False, error=code, permanent=True))
     send_id, (row_id,) = make_send(db, ["U1"])
     outbox.drain_once()
     row = delivery(db, row_id)
@@ -201,13 +212,13 @@ def test_backoff_grows_until_max_attempts_then_the_row_fails(
 def test_a_template_that_fails_for_a_recipient_fails_that_row(
     db: Engine, sender: RecordingSender, clock: FakeClock
 ) -> None:
-    def render(row: Delivery, send: AnnouncementSend) -> object:
+    def render(row: Delivery) -> Message:
         if row.recipient == "U2":
             raise ValueError("boom")
         return say("hi")
 
     outbox = make_outbox(db, sender, clock)
-    outbox.render = render  # type: ignore[assignment]
+    outbox.renderers["announcement"] = render
     send_id, _ids = make_send(db, ["U1", "U2"])
     outbox.drain_once()
     assert [(r.state, r.error) for r in deliveries(db, send_id)] == [
@@ -250,7 +261,7 @@ def test_edits_wait_for_their_own_budget_not_for_paused_posts(
     outbox.drain_once()
     assert clock.slept == []
 
-    assert request_edit(db=db, send_id=send_id, op="update", now=clock.now()) == 3
+    assert committed(db, request_edit, send_id=send_id, op="update", now=clock.now()) == 3
     while outbox.drain_once():
         pass
     assert [(channel, ts) for channel, ts, _m in sender.updates] == [
@@ -261,7 +272,7 @@ def test_edits_wait_for_their_own_budget_not_for_paused_posts(
 
     outbox.budget.pause("posts", 600)
     clock.slept.clear()
-    assert request_edit(db=db, send_id=send_id, op="delete", now=clock.now()) == 3
+    assert committed(db, request_edit, send_id=send_id, op="delete", now=clock.now()) == 3
     while outbox.drain_once():
         pass
     assert sender.deletes == [(p.channel, p.ts) for p in sender.posts]
@@ -275,7 +286,7 @@ def test_a_copy_in_flight_during_a_recall_is_deleted_once_its_post_is_recorded(
 ) -> None:
     send_id, (row_id,) = make_send(db, ["U1"])
     (claimed,) = outbox.claim()
-    request_edit(db=db, send_id=send_id, op="delete", now=clock.now())
+    committed(db, request_edit, send_id=send_id, op="delete", now=clock.now())
     assert outbox.claim_edits() == []  # nothing to delete yet
     assert outbox.deliver(claimed) == "sent"
     outbox.drain_once()
@@ -289,8 +300,8 @@ def test_a_failed_edit_keeps_the_copy_and_says_why(
     send_id, (row_id,) = make_send(db, ["U1"])
     outbox.drain_once()
     sender.script("delete", SendResult(ok=False, error="ratelimited", retry_after=7))
-    sender.script("delete", SendResult(ok=False, error="cant_delete_message"))
-    request_edit(db=db, send_id=send_id, op="delete", now=clock.now())
+    sender.script("delete", SendResult(ok=False, error="cant_delete_message", permanent=True))
+    committed(db, request_edit, send_id=send_id, op="delete", now=clock.now())
     outbox.drain_once()
     row = delivery(db, row_id)
     assert (row.state, row.op, row.op_not_before) == ("sent", "delete", T0 + timedelta(seconds=7))
@@ -308,7 +319,7 @@ def test_a_cancelled_send_is_not_posted(
     db: Engine, outbox: Outbox, sender: RecordingSender
 ) -> None:
     send_id, _ids = make_send(db, ["U1", "U2"])
-    assert cancel(db=db, send_id=send_id) == 2
+    assert committed(db, cancel, send_id=send_id) == 2
     assert outbox.drain_once() == 0
     assert [(r.state, r.error) for r in deliveries(db, send_id)] == [("cancelled", "cancelled")] * 2
     assert sender.attempts == []
@@ -319,7 +330,7 @@ def test_rows_claimed_before_a_cancel_are_not_posted(
 ) -> None:
     send_id, _ids = make_send(db, ["U1", "U2"])
     claimed = outbox.claim()
-    cancel(db=db, send_id=send_id)
+    committed(db, cancel, send_id=send_id)
     assert [outbox.deliver(delivery_id) for delivery_id in claimed] == ["cancelled"] * 2
     assert sender.attempts == []
 
@@ -396,7 +407,7 @@ def test_an_in_doubt_row_whose_recipient_is_gone_fails(
     _send, (row_id,) = make_send(db, ["U1"])
     outbox.claim()
     clock.advance(LEASE.total_seconds() + 1)
-    sender.script("find", SendResult(ok=False, error="user_disabled"))
+    sender.script("find", SendResult(ok=False, error="user_disabled", permanent=True))
     assert outbox.reconcile() == 1
     row = delivery(db, row_id)
     assert (row.state, row.error) == ("failed", "user_disabled")
@@ -464,3 +475,102 @@ def test_a_pause_holds_every_budget_user_until_it_ends(db: Engine, second_db: En
     assert elsewhere.take("posts", rate=10, burst=10) > 0
     clock.advance(0.5)
     assert elsewhere.take("posts", rate=10, burst=10) == 0
+
+
+# --- kinds and platforms ---------------------------------------------------------------------
+
+
+def _move(db: Engine, row_ids: list[int], **values: object) -> None:
+    with Session(db) as session:
+        for row_id in row_ids:
+            row = session.get(Delivery, row_id)
+            assert row is not None
+            for name, value in values.items():
+                setattr(row, name, value)
+            session.add(row)
+        session.commit()
+
+
+def test_each_kind_is_rendered_by_its_own_renderer(
+    db: Engine, outbox: Outbox, sender: RecordingSender
+) -> None:
+    _send, (_first, second) = make_send(db, ["U1", "U2"])
+    _move(db, [second], kind="survey_invitation")
+    outbox.register("survey_invitation", lambda row: say(f"survey for {row.recipient}"))
+    outbox.drain_once()
+    assert sorted(post.message.plain for post in sender.posts) == [
+        "*notice* for U1",
+        "survey for U2",
+    ]
+    with pytest.raises(ValueError, match="registered already"):
+        outbox.register("survey_invitation", lambda row: say("another"))
+
+
+def test_a_kind_without_a_renderer_fails_its_row(db: Engine, outbox: Outbox) -> None:
+    _send, (row_id,) = make_send(db, ["U1"])
+    _move(db, [row_id], kind="survey_share")
+    outbox.drain_once()
+    assert (delivery(db, row_id).state, delivery(db, row_id).error) == (
+        "failed",
+        "template_error",
+    )
+
+
+def test_rows_of_a_platform_without_a_sender_here_are_left_alone(
+    db: Engine, outbox: Outbox, sender: RecordingSender
+) -> None:
+    _send, (_slack_row, teams_row) = make_send(db, ["U1", "U2"])
+    _move(db, [teams_row], platform="teams")
+    outbox.drain_once()
+    assert [post.recipient for post in sender.posts] == ["U1"]
+    assert delivery(db, teams_row).state == "pending"  # for a process with a Teams sender
+
+
+class NoReadBack(RecordingSender):
+    """A platform that cannot look up what it posted (as Teams)."""
+
+    def find(
+        self, *, recipient: str, channel: str, delivery_id: int, since: datetime
+    ) -> SendResult:
+        self.finds.append((recipient, channel, delivery_id, since))
+        return SendResult(ok=False, error=CANNOT_TELL)
+
+
+def test_an_in_doubt_row_on_a_platform_without_read_back_becomes_unknown(
+    db: Engine, clock: FakeClock
+) -> None:
+    sender = NoReadBack(clock=clock)
+    outbox = make_outbox(db, sender, clock)
+    send_id, (row_id,) = make_send(db, ["U1"])
+    outbox.claim()  # claimed, then the process died mid-post
+    clock.advance(LEASE.total_seconds() + 1)
+    assert outbox.reconcile() == 1
+    row = delivery(db, row_id)
+    assert (row.state, row.error) == ("unknown", "in_doubt")
+    outbox.drain_once()
+    clock.advance(LEASE.total_seconds() + 1)
+    outbox.drain_once()
+    assert sender.posts == []  # never resent on its own
+    assert counts(db, send_id)["unknown"] == 1
+
+    # An operator decides: resend.
+    with Session(db) as session:
+        assert resolve_unknown(session=session, delivery_ids=[row_id], resend=True, now=clock.now())
+        session.commit()
+    outbox.drain_once()
+    assert [post.recipient for post in sender.posts] == ["U1"]
+    assert delivery(db, row_id).state == "sent"
+
+
+def test_an_unknown_row_can_be_marked_sent(db: Engine, clock: FakeClock) -> None:
+    sender = NoReadBack(clock=clock)
+    outbox = make_outbox(db, sender, clock)
+    _send, (row_id,) = make_send(db, ["U1"])
+    outbox.claim()
+    clock.advance(LEASE.total_seconds() + 1)
+    outbox.reconcile()
+    with Session(db) as session:
+        resolve_unknown(session=session, delivery_ids=[row_id], resend=False, now=clock.now())
+        session.commit()
+    outbox.drain_once()
+    assert sender.posts == [] and delivery(db, row_id).state == "sent"
