@@ -23,12 +23,12 @@ from bot.channels.slack.render import action_id_of, to_blocks, to_payload
 from bot.channels.slack.text import parse, question
 from bot.core import messages as m
 from bot.core.announcements.announcer import Announcer
-from bot.core.announcements.templates import Recipient, TemplateRenderError
+from bot.core.conversation import Conversation, Said
 from bot.core.faq.desk import Asker, FaqDesk
 from bot.core.faq.gaps import picks
 from bot.core.messages import Address, Message, Posted
 from bot.core.surveys.runs import SurveyClosed, SurveyDesk
-from bot.metrics import ANSWER_SECONDS, DUPLICATES, EVENTS, QUESTIONS, SLACK_ERRORS
+from bot.metrics import DUPLICATES, EVENTS, SLACK_ERRORS
 
 log = logging.getLogger(__name__)
 # Message subtypes that are something a person said; every other subtype (edits, deletions,
@@ -61,6 +61,13 @@ def build_app(
     if announcer is not None:  # answers, tickets and notices share the outbox's rate budget
         chat.charge_to(announcer.outbox.budget, announcer.outbox.limits)
     confirmations = Confirmations(chat)
+    conversation = Conversation(
+        desk=desk,
+        support_channel=support_channel,
+        admins=admins,
+        announcer=announcer,
+        surveys=surveys,
+    )
 
     @app.middleware
     def drop_retried_events(body: dict[str, Any], next: Any) -> BoltResponse | None:
@@ -77,13 +84,6 @@ def build_app(
         if body.get("event_id"):
             ledger.done(str(body["event_id"]))
 
-    def ask(text: str, asker: Asker) -> Message:
-        started = time.perf_counter()
-        reply = desk.ask(text, asker)
-        ANSWER_SECONDS.observe(time.perf_counter() - started)
-        QUESTIONS.labels(decision=reply.decision.kind).inc()
-        return reply.message
-
     @app.event("message")
     def on_message(event: dict[str, Any], context: dict[str, Any], body: dict[str, Any]) -> None:
         message_event(event, context)
@@ -96,43 +96,7 @@ def build_app(
             or not event.get("user")
         ):
             return
-        raw = str(event.get("text") or "")
-        words = question(raw, bot_user_id=str(context.get("bot_user_id") or "")).split()
-        command = " ".join(words).lower()
-        if surveys is not None and event.get("channel_type") == "im" and command in SURVEY_WORDS:
-            EVENTS.labels(kind="survey_pause").inc()
-            user = str(event["user"])
-            reply = surveys.resume(user) if command.startswith("resume") else surveys.pause(user)
-            chat.post(Address(str(event["channel"])), reply)
-            return
-        if (
-            announcer is not None
-            and event.get("channel_type") == "im"
-            and len(words) == 2
-            and words[0].lower() == "preview"
-            and str(event["user"]) in admins
-        ):
-            EVENTS.labels(kind="preview").inc()
-            chat.post(
-                Address(str(event["channel"])), preview(announcer, words[1], str(event["user"]))
-            )
-            return
-        text, user, channel = " ".join(words), str(event["user"]), str(event.get("channel", ""))
-        thread_ts = event.get("thread_ts")
-        if channel == support_channel and thread_ts and thread_ts != event.get("ts"):
-            EVENTS.labels(kind="support_reply").inc()
-            desk.relay_reply(
-                channel=channel, thread_ts=str(thread_ts), user_id=user, text=parse(raw), chat=chat
-            )
-            return
-        if event.get("channel_type") != "im":
-            return
-        EVENTS.labels(kind="dm").inc()
-        thread = str(thread_ts or "")
-        chat.post(
-            Address(channel, thread or None),
-            ask(text, Asker(user, channel, thread or str(event.get("ts", "")))),
-        )
+        conversation.said(_said(event, context, direct=event.get("channel_type") == "im"), chat)
 
     @app.event("app_mention")
     def on_mention(event: dict[str, Any], context: dict[str, Any], body: dict[str, Any]) -> None:
@@ -142,16 +106,9 @@ def build_app(
     def mention_event(event: dict[str, Any], context: dict[str, Any]) -> None:
         if event.get("bot_id") or not event.get("user"):
             return
-        channel = str(event.get("channel", ""))
-        if channel == support_channel and event.get("thread_ts"):
+        if conversation.is_support(str(event.get("channel", ""))) and event.get("thread_ts"):
             return  # a reply in a ticket thread: the message listener relays it
-        EVENTS.labels(kind="mention").inc()
-        thread = str(event.get("thread_ts") or event.get("ts") or "")
-        text = question(
-            str(event.get("text") or ""), bot_user_id=str(context.get("bot_user_id") or "")
-        )
-        message = ask(text, Asker(str(event["user"]), channel, thread))
-        chat.post(Address(channel, thread), message)
+        conversation.said(_said(event, context, mentioned=True), chat)
 
     # /ask is answered in the ack when the answer is ready within ASK_BUDGET seconds; else
     # acked empty at once and answered through the command's response_url.
@@ -172,7 +129,8 @@ def build_app(
         EVENTS.labels(kind="command").inc()
         user = str(command.get("user_id", ""))
         # Replies to a later click go to the asker's DM with the app, never to the channel.
-        pending = answers.submit(ask, question(str(command.get("text") or "")), Asker(user, user))
+        text = question(str(command.get("text") or ""))
+        pending = answers.submit(conversation.ask, text, Asker(user, user))
         try:
             message = pending.result(timeout=ASK_BUDGET)
         except FutureTimeout:
@@ -189,46 +147,29 @@ def build_app(
         ack()
         EVENTS.labels(kind="faq_action").inc()
         interaction = _interaction(body, action)
-        handlers = {
-            m.FAQ_PICK: lambda: desk.pick(interaction.value, interaction.user_id),
-            m.FAQ_RELATED: lambda: desk.pick(interaction.value, interaction.user_id),
-            m.FAQ_NONE: lambda: desk.none_of_these(interaction.value, interaction.user_id),
-            m.FAQ_HELPFUL: lambda: desk.vote(interaction.value, interaction.user_id, helpful=True),
-            m.FAQ_NOT_HELPFUL: lambda: desk.vote(
-                interaction.value, interaction.user_id, helpful=False
-            ),
-            m.FAQ_HUMAN: lambda: desk.escalate(interaction.value, interaction.user_id, chat),
-        }
-        if interaction.action_id == m.FAQ_APPROVE:
-            if interaction.user_id in admins:
-                log.info("admin %s approves pick %s", interaction.user_id, interaction.value)
-                desk.approve_pick(interaction.value, interaction.user_id)
-                publish_home(interaction.user_id)
+        reply = conversation.clicked(interaction, chat)
+        if interaction.action_id == m.FAQ_APPROVE and interaction.user_id in admins:
+            publish_home(interaction.user_id)
+        if reply is None:
             return
-        handler = handlers.get(interaction.action_id)
-        if handler is None:
-            return
-        reply = handler()
         container = body.get("container") or {}
         if container.get("is_ephemeral") and body.get("response_url"):
-            respond(response_type="ephemeral", replace_original=False, **to_payload(reply))
+            respond(response_type="ephemeral", replace_original=False, **to_payload(reply.message))
         elif container.get("is_ephemeral") or not interaction.channel_id:
-            chat.post(Address(interaction.user_id), reply)
+            chat.post(Address(interaction.user_id), reply.message)
         else:
-            chat.post(Address(interaction.channel_id, interaction.thread_ts or None), reply)
+            where = Address(interaction.channel_id, interaction.thread_ts or None)
+            chat.post(where, reply.message)
 
     @app.action(re.compile(r"^support\."))
     def on_support_action(ack: Ack, body: dict[str, Any], action: dict[str, Any]) -> None:
         ack()
         EVENTS.labels(kind="support_action").inc()
         interaction = _interaction(body, action)
-        if interaction.action_id == m.SUPPORT_CLAIM:
-            desk.claim(interaction.value, interaction.user_id, chat)
-        elif interaction.action_id == m.SUPPORT_RESOLVE:
-            desk.resolve(interaction.value, interaction.user_id, chat)
-        elif interaction.action_id == m.SUPPORT_SAVE:
-            notice = desk.save_as_faq(interaction.value, interaction.user_id)
-            chat.post(Address(interaction.channel_id, only_for=interaction.user_id), notice)
+        reply = conversation.clicked(interaction, chat)
+        if reply is not None:  # Save as FAQ: a notice for the supporter only
+            only_for = Address(interaction.channel_id, only_for=interaction.user_id)
+            chat.post(only_for, reply.message)
 
     # Survey clicks come in bursts (everyone is invited at 10:00). Each is acked at once and
     # stored behind, by one thread in arrival order: a burst never holds up the acks Slack
@@ -241,23 +182,22 @@ def build_app(
     def record_answer(
         interaction: m.Interaction, response_url: str, run_id: int, question_id: str, value: Any
     ) -> None:
-        assert surveys is not None
         ACKS_FIRST.wait()  # a burst's acks first; the answers are stored right after
         try:
-            copy = surveys.answer(
-                run_id=run_id, user_id=interaction.user_id, question_id=question_id, value=value
+            reply = conversation.answer(
+                user_id=interaction.user_id, run_id=run_id, question_id=question_id, value=value
             )
-        except SurveyClosed as exc:
-            only_for = Address(interaction.channel_id, only_for=interaction.user_id)
-            confirmations.tell(only_for, m.say(str(exc)), response_url)
-            return
-        except ValueError:
-            return
         except Exception:  # the executor would drop it silently
             log.exception("storing a survey answer failed")
             return
+        if reply is None:
+            return
+        if reply.private:  # the run has closed: a polite notice for this person only
+            only_for = Address(interaction.channel_id, only_for=interaction.user_id)
+            confirmations.tell(only_for, reply.message, response_url)
+            return
         posted = Posted(interaction.channel_id, interaction.message_ts)
-        confirmations.show(posted, copy, response_url)
+        confirmations.show(posted, reply.message, response_url)
 
     @app.action(re.compile(r"^survey\.answer"))
     def on_survey_answer(ack: Ack, body: dict[str, Any], action: dict[str, Any]) -> None:
@@ -321,8 +261,9 @@ def build_app(
         ack()
         if surveys is None:
             return
-        interaction = _interaction(body, action)
-        chat.post(Address(interaction.channel_id), surveys.pause(interaction.user_id))
+        reply = conversation.clicked(_interaction(body, action), chat)
+        if reply is not None:
+            chat.post(Address(_interaction(body, action).channel_id), reply.message)
 
     @app.action(re.compile(r"^announce\.link"))
     def on_link(ack: Ack) -> None:
@@ -335,14 +276,10 @@ def build_app(
         if announcer is None:
             return
         interaction = _interaction(body, action)
-        try:
-            send_id = int(interaction.value)
-        except ValueError:
-            return
-        copy = announcer.acknowledge(send_id=send_id, user_id=interaction.user_id)
-        if copy is not None and interaction.message_ts:
+        reply = conversation.clicked(interaction, chat)
+        if reply is not None and interaction.message_ts:
             posted = Posted(interaction.channel_id, interaction.message_ts)
-            confirmations.show(posted, copy, str(body.get("response_url") or ""))
+            confirmations.show(posted, reply.message, str(body.get("response_url") or ""))
 
     def publish_home(user: str) -> None:
         home = home_message(desk, admin=user in admins)
@@ -369,8 +306,6 @@ LISTENER_THREADS = 32
 # the response_url; threads computing the answers.
 ASK_BUDGET = 1.5
 ANSWER_THREADS = 4
-
-SURVEY_WORDS = {"pause surveys", "resume surveys", "stop surveys", "pause survey"}
 
 
 def comment_modal(label: str, current: str, private_metadata: str) -> dict[str, Any]:
@@ -426,19 +361,6 @@ def _first_option(body: dict[str, Any], action_id: str) -> str:
             if element.get("action_id") == action_id and element.get("options"):
                 return str(element["options"][0].get("value", ""))
     return ""
-
-
-def preview(announcer: Announcer, template_id: str, user_id: str) -> Message:
-    """An admin's preview of a template, rendered for themselves."""
-    try:
-        copy = announcer.preview(template_id, Recipient(user_id, "you", "you", None))
-    except KeyError:
-        known = ", ".join(sorted(announcer.content.templates)) or "none"
-        return m.say(f"No template `{template_id[:60]}`. Templates: {known}")
-    except TemplateRenderError as exc:
-        return m.say(f"Template `{template_id}` does not render: {exc.reason}")
-    intro = m.say(f"*Preview of `{template_id}`* (buttons do nothing here):")
-    return Message((*intro.parts, *copy.parts), copy.context, copy.buttons, copy.summary)
 
 
 class Admins:
@@ -506,6 +428,29 @@ def home_message(desk: FaqDesk, *, admin: bool = False) -> Message:
                 for p in found
             )
     return m.say(*lines, *parts, buttons=approve)
+
+
+def _said(
+    event: dict[str, Any], context: dict[str, Any], *, direct: bool = False, mentioned: bool = False
+) -> Said:
+    """A message or mention event as the core's `Said`: text decoded once, the bot's own
+    mention left out."""
+    bot_user = str(context.get("bot_user_id") or "")
+    spans = tuple(
+        span
+        for span in parse(str(event.get("text") or ""))
+        if not (isinstance(span, m.Mention) and span.id == bot_user)
+    )
+    return Said(
+        user_id=str(event["user"]),
+        channel=str(event.get("channel", "")),
+        text=spans,
+        direct=direct,
+        mentioned=mentioned,
+        thread=str(event.get("thread_ts") or ""),
+        ts=str(event.get("ts") or ""),
+        platform="slack",
+    )
 
 
 def _interaction(body: dict[str, Any], action: dict[str, Any]) -> m.Interaction:
