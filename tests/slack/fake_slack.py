@@ -21,12 +21,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 from slack_sdk import WebClient
 
+from tests.auxil.served import Served
 from tests.slack import rules
 
 __all__ = ["APP_TOKEN", "BOT_TOKEN", "ApiError", "Call", "FakeSlack"]
@@ -155,7 +155,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-class FakeSlack:
+class FakeSlack(Served):
     """A Slack Web API on 127.0.0.1 for tests: records every call, answers like Slack, can be
     told to fail.
 
@@ -179,6 +179,8 @@ class FakeSlack:
     tiers answer 429, Block Kit is checked, trigger_ids and response_urls expire. A test may
     switch a rule off only by naming it: ``FakeSlack(loosen={"rate_limits"})`` (say why).
     """
+
+    name = "slack"
 
     def __init__(
         self,
@@ -221,8 +223,6 @@ class FakeSlack:
         self._limits: dict[str, list[_Limit]] = {}
         self._ts_counter = 0
         self._view_counter = 0
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
         self._handlers: dict[str, Handler] = {
             "auth.test": self._auth_test,
             "chat.postMessage": self._chat_post_message,
@@ -253,44 +253,8 @@ class FakeSlack:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self) -> None:
-        if self._server is not None:
-            return
-        self._server = _Server(self)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="fake-slack",
-            daemon=True,
-        )
-        self._thread.start()
-
-    def stop(self) -> None:
-        server, thread = self._server, self._thread
-        self._server, self._thread = None, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-        if thread is not None:
-            thread.join(timeout=5)
-
-    def __enter__(self) -> FakeSlack:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError("FakeSlack is not started")
-        return int(self._server.server_address[1])
+    def _make_server(self) -> _Server:
+        return _Server(self)
 
     @property
     def url(self) -> str:

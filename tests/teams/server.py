@@ -12,9 +12,10 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
+
+from tests.auxil.served import Served
 
 JSON_CONTENT_TYPE = "application/json; charset=utf-8"
 
@@ -156,7 +157,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(payload)
 
 
-class LoopbackServer:
+class LoopbackServer(Served):
     """Base of the doubles: lifecycle, recording and queued failures. Subclasses implement
     ``_route(request) -> (operation, params, handler)`` where ``handler(request, params)``
     returns an ``Answer`` or raises ``ApiFailure``."""
@@ -167,49 +168,9 @@ class LoopbackServer:
         self._cond = lock or threading.Condition(threading.RLock())
         self.calls: list[Call] = []
         self._faults: dict[str, deque[_Fault]] = {}
-        self._server: _HTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
-    # ------------------------------------------------------------------ lifecycle
-
-    def start(self) -> None:
-        if self._server is not None:
-            return
-        self._server = _HTTPServer(self)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name=f"fake-{self.name}",
-            daemon=True,
-        )
-        self._thread.start()
-
-    def stop(self) -> None:
-        server, thread = self._server, self._thread
-        self._server, self._thread = None, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-        if thread is not None:
-            thread.join(timeout=5)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError(f"fake {self.name} is not started")
-        return int(self._server.server_address[1])
+    def _make_server(self) -> _HTTPServer:
+        return _HTTPServer(self)
 
     @property
     def base_url(self) -> str:
