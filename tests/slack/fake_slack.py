@@ -20,13 +20,13 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 from slack_sdk import WebClient
 
-from tests.auxil.served import Served
+from tests.auxil.served import QuietHandler, Served
 from tests.slack import rules
 
 __all__ = ["APP_TOKEN", "BOT_TOKEN", "ApiError", "Call", "FakeSlack"]
@@ -114,33 +114,14 @@ class _Server(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _RequestHandler)
 
 
-class _RequestHandler(BaseHTTPRequestHandler):
+class _RequestHandler(QuietHandler):
     server: _Server
-    protocol_version = "HTTP/1.1"
-    timeout = 30  # idle keep-alive connections give up eventually
 
     def do_POST(self) -> None:
         self._handle()
 
     def do_GET(self) -> None:
         self._handle()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def _read_body(self) -> bytes:
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            chunks: list[bytes] = []
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    return b"".join(chunks)
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline()
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length > 0 else b""
 
     def _handle(self) -> None:
         raw = self._read_body()
