@@ -261,9 +261,10 @@ def build_app(
         ack()
         if surveys is None:
             return
-        reply = conversation.clicked(_interaction(body, action), chat)
+        interaction = _interaction(body, action)
+        reply = conversation.clicked(interaction, chat)
         if reply is not None:
-            chat.post(Address(_interaction(body, action).channel_id), reply.message)
+            chat.post(Address(interaction.channel_id), reply.message)
 
     @app.action(re.compile(r"^announce\.link"))
     def on_link(ack: Ack) -> None:
