@@ -44,8 +44,20 @@ class Budget:
         One conditional UPDATE computes the refill and takes the token, so it is atomic on
         every database: a read-then-write lets two workers on SQLite (where FOR UPDATE does
         nothing) take the same token, and the bucket then hands out more than `rate`."""
-        now = self.clock()
         count = max(1, min(count, int(burst)))
+        return self._withdraw(name, rate=rate, burst=burst, count=count, floor=0.0)
+
+    def borrow(self, name: str, *, rate: float, burst: float, debt: float | None = None) -> float:
+        """Take one token for an interactive call (an answer, a notice, a confirmation), which
+        must not queue behind the outbox: it may take the bucket below zero, down to `-debt`
+        (a burst's worth by default), and the outbox's workers repay by waiting. Returns 0 when
+        taken, else the seconds to wait: a 429's pause, or the debt at its limit."""
+        floor = -(burst if debt is None else debt)
+        return self._withdraw(name, rate=rate, burst=burst, count=1, floor=floor)
+
+    def _withdraw(self, name: str, *, rate: float, burst: float, count: int, floor: float) -> float:
+        """Take `count` tokens if the bucket stays at or above `floor` and is not paused."""
+        now = self.clock()
         refilled = RateBudget.tokens + (now - col(RateBudget.updated)) * rate
         level = case((refilled > burst, burst), else_=refilled)
         with self.db.begin() as connection:
@@ -54,7 +66,7 @@ class Budget:
                 .where(
                     col(RateBudget.name) == name,
                     col(RateBudget.paused_until) <= now,
-                    level >= count,
+                    level - count >= floor,
                 )
                 .values(tokens=level - count, updated=now)
             )
@@ -68,47 +80,11 @@ class Budget:
                     session.commit()
                 except IntegrityError:
                     session.rollback()
-                return self.take(name, rate=rate, burst=burst, count=count)
+                return self._withdraw(name, rate=rate, burst=burst, count=count, floor=floor)
             if row.paused_until > now:
                 return row.paused_until - now
             tokens = min(burst, row.tokens + (now - row.updated) * rate)
-            return max(0.001, (count - tokens) / rate)
-
-    def borrow(self, name: str, *, rate: float, burst: float, debt: float | None = None) -> float:
-        """Take one token for an interactive call (an answer, a notice, a confirmation), which
-        must not queue behind the outbox: it may take the bucket below zero, down to `-debt`
-        (a burst's worth by default), and the outbox's workers repay by waiting. Returns 0 when
-        taken, else the seconds to wait: a 429's pause, or the debt at its limit. One
-        conditional UPDATE, like `take()`."""
-        now = self.clock()
-        floor = -(burst if debt is None else debt)
-        refilled = RateBudget.tokens + (now - col(RateBudget.updated)) * rate
-        level = case((refilled > burst, burst), else_=refilled)
-        with self.db.begin() as connection:
-            taken = connection.execute(
-                update(RateBudget)
-                .where(
-                    col(RateBudget.name) == name,
-                    col(RateBudget.paused_until) <= now,
-                    level - 1 >= floor,
-                )
-                .values(tokens=level - 1, updated=now)
-            )
-        if taken.rowcount == 1:
-            return 0.0
-        with Session(self.db) as session:
-            row = session.get(RateBudget, name)
-            if row is None:
-                try:
-                    session.add(RateBudget(name=name, tokens=burst, updated=now))
-                    session.commit()
-                except IntegrityError:
-                    session.rollback()
-                return self.borrow(name, rate=rate, burst=burst, debt=debt)
-            if row.paused_until > now:
-                return row.paused_until - now
-            tokens = min(burst, row.tokens + (now - row.updated) * rate)
-            return max(0.001, (floor + 1 - tokens) / rate)
+            return max(0.001, (floor + count - tokens) / rate)
 
     def pause(self, name: str, seconds: float) -> None:
         """Hold every worker on this bucket for `seconds` (a Retry-After). The bucket is empty
