@@ -42,12 +42,13 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TypeVar
 
 from bot.core.announcements.plan import parse_audience
+from bot.core.platforms import PLATFORMS, platform_of
 
 # More individual lookups than this and the whole workspace is listed once instead: a listing
 # page holds up to 1,000 people, one lookup holds one.
@@ -60,6 +61,9 @@ GUEST = "guest"
 NOT_FOUND = "not found"
 INVALID_EMAIL = "invalid email"
 NOT_IN_CHANNEL = "bot not in channel"
+NO_APP = "app not installed"  # Teams: the person has not installed the app (and the
+# deployment does not install it for them: TEAMS_INSTALL_FOR_USERS)
+ELSEWHERE = "on another platform"  # reached on the platform they are on first (by email)
 # What to do about a channel the bot cannot post in.
 INVITE_HINT = "type /invite @Mobilize in each channel the bot is not in"
 # The order reasons appear in `Audience.summary()`, with their singular and plural forms.
@@ -70,6 +74,8 @@ REASONS: dict[str, tuple[str, str]] = {
     NOT_FOUND: ("not found", "not found"),
     INVALID_EMAIL: ("invalid email", "invalid emails"),
     NOT_IN_CHANNEL: ("channel the bot is not in", "channels the bot is not in"),
+    NO_APP: ("without the Teams app", "without the Teams app"),
+    ELSEWHERE: ("reached on another platform", "reached on another platform"),
 }
 
 _EMAIL_HEADERS = frozenset({"email", "e-mail", "email address", "e-mail address"})
@@ -88,6 +94,11 @@ class Person:
     is_bot: bool = False
     deleted: bool = False
     guest: bool = False
+    no_app: bool = False  # Teams: cannot be messaged until the app is installed for them
+
+    @property
+    def platform(self) -> str:
+        return platform_of(self.id)
 
 
 class Directory(Protocol):
@@ -119,6 +130,47 @@ class Directory(Protocol):
     def can_post(self, channel: str) -> bool:
         """Whether the bot may post in the channel (it is a member of it)."""
         ...
+
+
+class Directories:
+    """Several platforms' directories as one (a deployment on Slack and Teams): each id goes to
+    its platform's directory (`bot.core.platforms.platform_of`), `everyone` is everyone on
+    each, and an email address is looked up on each platform in `PLATFORMS` order."""
+
+    def __init__(self, directories: Mapping[str, Directory]) -> None:
+        self.directories = {name: directories[name] for name in PLATFORMS if name in directories}
+
+    def _of(self, identifier: str) -> Directory:
+        platform = platform_of(identifier)
+        directory = self.directories.get(platform)
+        if directory is None:
+            raise DirectoryError(
+                "platform_not_connected", f"{identifier}: {platform} is not connected"
+            )
+        return directory
+
+    def everyone(self) -> Iterable[Person]:
+        for directory in self.directories.values():
+            yield from directory.everyone()
+
+    def channel_members(self, channel: str) -> list[str]:
+        return self._of(channel).channel_members(channel)
+
+    def group_members(self, group: str) -> list[str]:
+        return self._of(group).group_members(group)
+
+    def person(self, user_id: str) -> Person | None:
+        return self._of(user_id).person(user_id)
+
+    def by_email(self, email: str) -> Person | None:
+        for directory in self.directories.values():
+            found = directory.by_email(email)
+            if found is not None:
+                return found
+        return None
+
+    def can_post(self, channel: str) -> bool:
+        return self._of(channel).can_post(channel)
 
 
 class AudienceError(Exception):
@@ -263,6 +315,9 @@ def resolve(
         for text in source.invalid:
             excluded.setdefault(text, INVALID_EMAIL)
 
+    for duplicate in _reached_elsewhere(chosen.values()):
+        del chosen[duplicate]
+        excluded[duplicate] = ELSEWHERE
     return Audience(
         channels=tuple(channels),
         people=tuple(chosen[key] for key in sorted(chosen)),
@@ -272,6 +327,22 @@ def resolve(
     )
 
 
+def _reached_elsewhere(people: Iterable[Person]) -> list[str]:
+    """The ids of people who are in the audience on two platforms (the same email address):
+    each is reached once, on the platform that comes first in `PLATFORMS`."""
+    by_email: dict[str, list[Person]] = {}
+    for person in people:
+        if person.email:
+            by_email.setdefault(person.email.strip().lower(), []).append(person)
+    drop: list[str] = []
+    for same in by_email.values():
+        if len({person.platform for person in same}) < 2:
+            continue  # two accounts on one platform are two accounts
+        first = min(same, key=lambda person: (PLATFORMS.index(person.platform), person.id))
+        drop += [person.id for person in same if person.platform != first.platform]
+    return drop
+
+
 def _reason(person: Person, guests_welcome: bool) -> str | None:
     if person.deleted:
         return DEACTIVATED
@@ -279,6 +350,8 @@ def _reason(person: Person, guests_welcome: bool) -> str | None:
         return BOT
     if person.guest and not guests_welcome:
         return GUEST
+    if person.no_app:
+        return NO_APP
     return None
 
 

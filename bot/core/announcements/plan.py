@@ -57,6 +57,7 @@ from typing import Any
 import yaml
 
 from bot.core.content import ContentError, Rollout, parse_yaml
+from bot.core.platforms import GUID
 from bot.core.schedule import (
     EARLIEST_ZONE,
     DateExpr,
@@ -96,9 +97,11 @@ AUDIENCE_EXAMPLE = (
     "or emails:path/to/list.csv"
 )
 
-_CHANNEL_ID = re.compile(r"[CG][A-Z0-9]+")
-_GROUP_ID = re.compile(r"S[A-Z0-9]+")
-_USER_ID = re.compile(r"[UW][A-Z0-9]+")
+# Slack ids, and Microsoft Teams ones (see bot.core.platforms): a channel conversation id, an
+# Entra object id for a person, a group or a team (a team is its Microsoft 365 group).
+_CHANNEL_ID = re.compile(r"[CG][A-Z0-9]+|19:[A-Za-z0-9_\-.]+@thread\.(?:tacv2|skype)")
+_GROUP_ID = re.compile(r"S[A-Z0-9]+|" + GUID.pattern)
+_USER_ID = re.compile(r"[UW][A-Z0-9]+|" + GUID.pattern)
 _AUDIENCE = re.compile(r"(?P<kind>[a-z]+)\s*:\s*(?P<rest>.*)", re.I | re.S)
 
 
@@ -540,22 +543,26 @@ def parse_audience(text: str) -> str:
     if kind in ("channel", "members"):
         if not _CHANNEL_ID.fullmatch(rest):
             raise _Invalid(
-                f"{kind}: takes a channel id like C0123ABCD (not a #name: names change), "
-                f"not {rest!r}"
+                f"{kind}: takes a channel id like C0123ABCD, or a Teams channel's "
+                f"19:…@thread.tacv2 (not a #name: names change), not {rest!r}"
             )
         return f"{kind}:{rest}"
-    if kind == "group":
+    if kind in ("group", "team"):  # a Teams team's members are its Microsoft 365 group's
         if not _GROUP_ID.fullmatch(rest):
-            raise _Invalid(f"group: takes a user group id like S0123ABCD, not {rest!r}")
-        return f"group:{rest}"
+            raise _Invalid(
+                f"{kind}: takes a Slack user group id like S0123ABCD or a Microsoft Entra "
+                f"group or team id (a GUID), not {rest!r}"
+            )
+        return f"group:{rest.lower() if GUID.fullmatch(rest) else rest}"
     if kind == "users":
         users = [user.strip() for user in rest.split(",")]
         bad = [user for user in users if not _USER_ID.fullmatch(user)]
         if bad:
             raise _Invalid(
-                f"users: takes user ids like U0123ABCD separated by commas, not {bad[0]!r}"
+                "users: takes Slack user ids like U0123ABCD or Microsoft Entra object ids "
+                f"(GUIDs), separated by commas, not {bad[0]!r}"
             )
-        return "users:" + ",".join(users)
+        return "users:" + ",".join(u.lower() if GUID.fullmatch(u) else u for u in users)
     if kind == "emails":
         path = PurePosixPath(rest)
         if (
