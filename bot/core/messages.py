@@ -7,8 +7,11 @@ that renderers escape so nobody can make the bot post `@channel` or a fake link.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
+
+from bot.core.platforms import platform_of
 
 # Action ids: "<area>.<verb>"; listeners route on them, the core handles them.
 FAQ_HELPFUL = "faq.helpful"
@@ -204,3 +207,27 @@ class Chat(Protocol):
     def update(self, posted: Posted, message: Message) -> None: ...
 
     def permalink(self, channel: str, ts: str) -> str | None: ...
+
+
+class Chats:
+    """Several platforms' `Chat`s as one: each address goes to its platform's (a deployment on
+    Slack and Teams posts reports, notices and relays where each person is)."""
+
+    def __init__(self, chats: Mapping[str, Chat]) -> None:
+        self.chats = dict(chats)
+
+    def of(self, identifier: str) -> Chat | None:
+        return self.chats.get(platform_of(identifier))
+
+    def post(self, address: Address, message: Message) -> Posted | None:
+        chat = self.of(address.channel)
+        return chat.post(address, message) if chat is not None else None
+
+    def update(self, posted: Posted, message: Message) -> None:
+        chat = self.of(posted.channel)
+        if chat is not None:
+            chat.update(posted, message)
+
+    def permalink(self, channel: str, ts: str) -> str | None:
+        chat = self.of(channel)
+        return chat.permalink(channel, ts) if chat is not None else None

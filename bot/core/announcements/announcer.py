@@ -8,7 +8,7 @@ import json
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,7 +33,6 @@ from bot.core.outbox import (
     ANNOUNCEMENT,
     ANNOUNCEMENT_REMINDER,
     LEASE,
-    SLACK,
     Cancelled,
     Limits,
     Outbox,
@@ -94,10 +93,11 @@ class Announcer:
         db: Engine,
         content_dir: Path,
         directory: Directory,
-        sender: Sender,
+        senders: Mapping[str, Sender],
         chat: Chat,
         admins: frozenset[str] = frozenset(),
         limits: Limits = Limits(),
+        platform_limits: Mapping[str, Limits] | None = None,
         grace: timedelta = timedelta(hours=6),
         default_timezone: str = "",
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -115,12 +115,13 @@ class Announcer:
         # register their own kinds on the same outbox (`outbox.register`).
         self.outbox = Outbox(
             db=db,
-            senders={SLACK: sender},
+            senders=senders,
             renderers={
                 ANNOUNCEMENT: self.render_delivery,
                 ANNOUNCEMENT_REMINDER: self.render_delivery,
             },
             limits=limits,
+            platform_limits=platform_limits,
             clock=clock,
             lease=lease,
         )

@@ -543,15 +543,15 @@ def parse_audience(text: str) -> str:
     if kind in ("channel", "members"):
         if not _CHANNEL_ID.fullmatch(rest):
             raise _Invalid(
-                f"{kind}: takes a channel id like C0123ABCD, or a Teams channel's "
-                f"19:…@thread.tacv2 (not a #name: names change), not {rest!r}"
+                f"{kind}: takes a channel id like C0123ABCD (not a #name: names change), or a "
+                f"Teams channel's 19:…@thread.tacv2, not {rest!r}"
             )
         return f"{kind}:{rest}"
     if kind in ("group", "team"):  # a Teams team's members are its Microsoft 365 group's
         if not _GROUP_ID.fullmatch(rest):
             raise _Invalid(
-                f"{kind}: takes a Slack user group id like S0123ABCD or a Microsoft Entra "
-                f"group or team id (a GUID), not {rest!r}"
+                f"{kind}: takes a user group id like S0123ABCD, or a Microsoft Entra group or "
+                f"team id (a GUID), not {rest!r}"
             )
         return f"group:{rest.lower() if GUID.fullmatch(rest) else rest}"
     if kind == "users":
@@ -559,8 +559,8 @@ def parse_audience(text: str) -> str:
         bad = [user for user in users if not _USER_ID.fullmatch(user)]
         if bad:
             raise _Invalid(
-                "users: takes Slack user ids like U0123ABCD or Microsoft Entra object ids "
-                f"(GUIDs), separated by commas, not {bad[0]!r}"
+                "users: takes user ids like U0123ABCD separated by commas (on Teams, Microsoft "
+                f"Entra object ids), not {bad[0]!r}"
             )
         return "users:" + ",".join(u.lower() if GUID.fullmatch(u) else u for u in users)
     if kind == "emails":

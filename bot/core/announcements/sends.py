@@ -25,6 +25,7 @@ from bot.core.announcements.audience import Audience, AudienceError, Directory, 
 from bot.core.announcements.plan import Occurrence, Plan, occurrences, send_time
 from bot.core.content import Rollout
 from bot.core.outbox import ANNOUNCEMENT_REMINDER
+from bot.core.platforms import platform_of
 from bot.store.marks import advance_mark, read_mark
 from bot.store.models import AnnouncementSend, Delivery, as_utc
 
@@ -231,7 +232,13 @@ def write_deliveries(
             session.exec(select(Delivery.recipient).where(col(Delivery.send_id) == send.id)).all()
         )
         rows = [
-            Delivery(send_id=send.id, recipient=channel, target="channel", not_before=when(None))
+            Delivery(
+                send_id=send.id,
+                recipient=channel,
+                target="channel",
+                platform=platform_of(channel),
+                not_before=when(None),
+            )
             for channel in audience.channels
             if channel not in existing
         ]
@@ -240,6 +247,7 @@ def write_deliveries(
                 send_id=send.id,
                 recipient=person.id,
                 target="dm",
+                platform=person.platform,
                 name=person.name[:200],
                 first_name=person.first_name[:100],
                 tz=person.tz or "",
@@ -437,6 +445,7 @@ def create_reminder(
                 kind=ANNOUNCEMENT_REMINDER,
                 recipient=row.recipient,
                 target="dm",
+                platform=row.platform,
                 name=row.name,
                 first_name=row.first_name,
                 tz=row.tz,

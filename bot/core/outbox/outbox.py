@@ -15,6 +15,7 @@ settle (`resolve_unknown`) — never resent silently.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -111,6 +112,7 @@ class Outbox:
         senders: Mapping[str, Sender],
         renderers: Mapping[str, Renderer] | None = None,
         limits: Limits = Limits(),
+        platform_limits: Mapping[str, Limits] | None = None,
         clock: Callable[[], datetime] = utcnow,
         sleep: Callable[[float], None] = time.sleep,
         lease: timedelta = LEASE,
@@ -118,7 +120,8 @@ class Outbox:
         self.db = db
         self.senders = dict(senders)
         self.renderers: dict[str, Renderer] = dict(renderers or {})
-        self.limits = limits
+        self.limits = limits  # Slack's, and any platform without its own
+        self.platform_limits = dict(platform_limits or {})
         self.clock = clock
         self.sleep = sleep
         self.lease = lease  # must outlast one post (the outbox client: 15 s, no retries)
@@ -143,6 +146,10 @@ class Outbox:
 
     def _sender(self, delivery: Delivery) -> Sender:
         return self.senders[delivery.platform]
+
+    def limits_for(self, platform: str) -> Limits:
+        """The rate budget of one platform (each has its own buckets in the shared budget)."""
+        return self.platform_limits.get(platform, self.limits)
 
     @staticmethod
     def _bucket(platform: str, name: str) -> str:
@@ -206,9 +213,10 @@ class Outbox:
             log.error("rendering delivery %s failed: %s", delivery_id, exc)
             return self._finish(delivery_id, state="failed", error="template_error")
         posts = self._bucket(delivery.platform, "posts")
-        self._wait_for_budget(posts, self.limits.posts_per_second, self.limits.burst)
+        limits = self.limits_for(delivery.platform)
+        self._wait_for_budget(posts, limits.posts_per_second, limits.burst)
         if delivery.target == "channel":
-            self._pace_channel(delivery.recipient)
+            self._pace_channel(delivery.recipient, limits.per_channel_interval)
         if not self._renew_lease(delivery):
             return "gone"  # the lease ran out while waiting and another worker took the row
         result = self._sender(delivery).post(
@@ -259,7 +267,8 @@ class Outbox:
         attempts = delivery.attempts if count_attempt else max(0, delivery.attempts - 1)
         if attempts >= MAX_ATTEMPTS:
             return self._finish(delivery.id, state="failed", error=error)
-        backoff = timedelta(seconds=min(300, 2 ** max(0, attempts)))
+        # Exponential, with jitter: rows that failed together (a 502 burst) come back apart.
+        backoff = timedelta(seconds=min(300, 2 ** max(0, attempts)) * random.uniform(0.5, 1.5))
         with Session(self.db) as session:
             session.execute(
                 update(Delivery)
@@ -313,11 +322,11 @@ class Outbox:
                     return
                 self.sleep(min(wait, 5.0))
 
-    def _pace_channel(self, channel: str) -> None:
-        """At most one message per second into one channel (Slack's per-channel limit)."""
+    def _pace_channel(self, channel: str, interval: float) -> None:
+        """At most one message per `interval` into one channel (Slack: one a second)."""
         with self._channel_lock:
             now = time.monotonic()
-            ready = self._channel_last.get(channel, 0.0) + self.limits.per_channel_interval
+            ready = self._channel_last.get(channel, 0.0) + interval
             self._channel_last[channel] = max(now, ready)
         if ready > now:
             self.sleep(ready - now)
@@ -363,8 +372,8 @@ class Outbox:
             # in doubt and the worker goes on sending instead of waiting here.
             wait = self.budget.take(
                 self._bucket(row.platform, "reads"),
-                rate=self.limits.reads_per_second,
-                burst=self.limits.read_burst,
+                rate=self.limits_for(row.platform).reads_per_second,
+                burst=self.limits_for(row.platform).read_burst,
                 count=1 if row.channel else 2,
             )
             if wait > 0:
@@ -450,7 +459,7 @@ class Outbox:
             return "gone"
         sender = self._sender(delivery)
         edits = self._bucket(delivery.platform, "edits")
-        self._wait_for_budget(edits, self.limits.edits_per_second, 1.0)
+        self._wait_for_budget(edits, self.limits_for(delivery.platform).edits_per_second, 1.0)
         if delivery.op == "delete":
             result = sender.delete(channel=delivery.channel, ts=delivery.ts)
         else:

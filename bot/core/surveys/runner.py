@@ -18,7 +18,6 @@ from bot.core.announcements.audience import AudienceError, Directory, Person, re
 from bot.core.content import ContentError, Rollout, load_rollout
 from bot.core.messages import Address, Chat, Message, say
 from bot.core.outbox import (
-    SLACK,
     SURVEY_INVITATION,
     SURVEY_REMINDER,
     SURVEY_SHARE,
@@ -370,7 +369,7 @@ class SurveyRunner:
             Delivery(
                 survey_send_id=int(send.id or 0),
                 kind=outbox_kind,
-                platform=SLACK,
+                platform=person.platform,
                 recipient=person.id,
                 target="dm",
                 name=person.name[:200],

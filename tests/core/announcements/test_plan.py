@@ -759,7 +759,7 @@ announcements:
         ("'channel:#general'", "7: channel: takes a channel id like C0123ABCD (not a #name"),
         ("members:general", "7: members: takes a channel id"),
         ("group:U123", "7: group: takes a user group id like S0123ABCD"),
-        ("users:U1,,U2", "7: users: takes user ids like U0123ABCD separated by commas, not ''"),
+        ("users:U1,,U2", "7: users: takes user ids like U0123ABCD separated by commas"),
         ("users:alice", "7: users: takes user ids"),
         ("emails:/etc/people.csv", "7: emails: takes a .csv file's path relative"),
         ("emails:../people.csv", "7: emails: takes a .csv file's path relative"),

@@ -712,7 +712,7 @@ def test_schedule_mistakes_each_at_its_line(tmp_path: Path) -> None:
         "surveys.yaml:2: unknown survey 'pulses' (did you mean 'pulse'?): no "
         "messages/surveys/pulses.yaml; known surveys: pulse",
         "surveys.yaml:6: channel: takes a channel id like C0123ABCD (not a #name: names change), "
-        "not '#general'",
+        "or a Teams channel's 19:…@thread.tacv2, not '#general'",
         "surveys.yaml:8: give either at: (once) or every: (recurring), not both",
         "surveys.yaml:9: missing at: (once) or every: (recurring)",
         'surveys.yaml:13: every: needs until: (e.g. from: training_opens, until: "go_live + 12 '
@@ -729,7 +729,8 @@ def test_schedule_mistakes_each_at_its_line(tmp_path: Path) -> None:
         "surveys.yaml:23: unknown key 'repeat' in a survey schedule; known keys: survey, to, at, "
         "every, from, until, open_days, reminders, local_time, quiet_hours",
         "surveys.yaml:27: from (2027-04-06) is after until (2027-02-15)",
-        "surveys.yaml:30: group: takes a user group id like S0123ABCD, not '#leads'",
+        "surveys.yaml:30: group: takes a user group id like S0123ABCD, or a Microsoft Entra "
+        "group or team id (a GUID), not '#leads'",
         "surveys.yaml:33: at most 3 reminders, not 4: more nudges feel like pressure and cost "
         "goodwill for the next run",
         "surveys.yaml:33: reminders go in increasing order without repeats, like [2, 4]",
