@@ -37,14 +37,17 @@ from pydantic import ValidationError
 from sqlalchemy import Engine
 
 from bot.channels.teams.auth import ActivityAuthenticator, Authenticator, BotTokens, Unauthorized
+from bot.channels.teams.cards import COMMENT_CHARS, comment_dialog
 from bot.channels.teams.chat import TeamsChat
 from bot.channels.teams.refs import References, base_conversation, thread_of
 from bot.channels.teams.text import MentionEntity, parse
 from bot.config import Settings
+from bot.core.announcements.announcer import Announcer
 from bot.core.conversation import Conversation, Reply, Said
 from bot.core.faq.desk import FaqDesk
 from bot.core.faq.engine import FaqEngine
 from bot.core.messages import Address, Interaction, Message, Posted, say
+from bot.core.surveys.runs import SURVEY_ANSWER, SURVEY_COMMENT, SurveyDesk
 
 with warnings.catch_warnings():  # the SDK warns about its preview features on import
     warnings.simplefilter("ignore")
@@ -65,6 +68,11 @@ _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 413: "Payload To
 
 def _message_response(text: str) -> dict[str, Any]:
     return {"statusCode": 200, "type": MESSAGE_RESPONSE, "value": text}
+
+
+def _task_message(text: str) -> dict[str, Any]:
+    """A dialog's answer that closes it (or never opens it) with a short message."""
+    return {"task": {"type": "message", "value": text}}
 
 
 class TeamsEndpoint:
@@ -235,7 +243,10 @@ class TeamsEndpoint:
     # ---------------------------------------------------------------- clicks
 
     def _invoke(self, activity: dict[str, Any]) -> tuple[int, dict[str, Any] | None]:
-        if activity.get("name") != "adaptiveCard/action":
+        name = activity.get("name")
+        if name in ("task/fetch", "task/submit"):
+            return self._dialog(activity)
+        if name != "adaptiveCard/action":
             return 200, {"statusCode": 200, "type": MESSAGE_RESPONSE, "value": ""}
         try:
             self.refs.observe(activity)
@@ -245,12 +256,80 @@ class TeamsEndpoint:
             raw = action.get("data")
             data: dict[str, Any] = raw if isinstance(raw, dict) else {}
             interaction = self._interaction(activity, verb, data)
-            with self.chat.capture() as updated:
-                reply = self.conversation.clicked(interaction, self.chat)
+            updated: Mapping[str, Any] = {}
+            if verb == SURVEY_ANSWER:
+                reply = self._survey_answer(interaction, data)
+            else:
+                with self.chat.capture() as updated:
+                    reply = self.conversation.clicked(interaction, self.chat)
             return 200, self._answer(activity, interaction, reply, updated)
         except Exception:
             log.exception("teams: a card action failed (teams.action_failed)")
             return 200, _message_response(SORRY)
+
+    def _survey_answer(self, interaction: Interaction, data: dict[str, Any]) -> Reply | None:
+        """Store a survey answer from a button (`run|question|value`), a drop-down or a set of
+        checkboxes (each option's value is `run|question|option`)."""
+        picked: list[str] | None = None
+        if "values" in interaction.extra:
+            picked = [str(v) for v in json.loads(interaction.extra["values"])]
+        template = (
+            interaction.value
+            if picked is None
+            else next(iter(picked or [str(o) for o in data.get("options") or []]), "")
+        )
+        parts = template.split("|", 2)
+        if len(parts) != 3 or not parts[0].isdigit():
+            return None
+        value: object = parts[2]
+        if picked is not None and data.get("multi"):
+            value = [option.split("|", 2)[-1] for option in picked]
+        return self.conversation.answer(
+            user_id=interaction.user_id, run_id=int(parts[0]), question_id=parts[1], value=value
+        )
+
+    def _dialog(self, activity: dict[str, Any]) -> tuple[int, dict[str, Any] | None]:
+        """A survey's free-text answer: `task/fetch` opens the dialog, `task/submit` saves it
+        and updates the survey card it came from."""
+        try:
+            self.refs.observe(activity)
+            raw = (activity.get("value") or {}).get("data")
+            data: dict[str, Any] = raw if isinstance(raw, dict) else {}
+            user = str((activity.get("from") or {}).get("aadObjectId") or "")
+            run_text, _, question_id = str(data.get("value") or "").partition("|")
+            surveys = self.conversation.surveys
+            if surveys is None or not run_text.isdigit() or not user:
+                return 200, _task_message("There is nothing to answer here.")
+            run_id = int(run_text)
+            if activity.get("name") == "task/fetch":
+                question = surveys.question(run_id, question_id)
+                if question is None:
+                    return 200, _task_message("This survey has closed. Thank you all the same.")
+                current = surveys.answers(run_id, user).get(question_id) or ""
+                back = {
+                    "verb": SURVEY_COMMENT,
+                    "value": data.get("value"),
+                    "card": str(activity.get("replyToId") or ""),
+                }
+                return 200, comment_dialog(question.text, str(current), back)
+            reply = self.conversation.answer(
+                user_id=user,
+                run_id=run_id,
+                question_id=question_id,
+                value=str(data.get("comment") or "")[:COMMENT_CHARS],
+            )
+            if reply is None:
+                return 200, _task_message("That is not an answer to this survey.")
+            if reply.private:  # closed meanwhile: say so, politely
+                return 200, _task_message(reply.message.plain)
+            card = str(data.get("card") or "")
+            if card:
+                posted = Posted(_conversation_id(activity), card)
+                self.pool.submit(self.chat.update, posted, reply.message)
+            return 200, _task_message("Saved. Thank you!")
+        except Exception:
+            log.exception("teams: a dialog failed (teams.dialog_failed)")
+            return 200, _task_message(SORRY)
 
     def _answer(
         self,
@@ -283,7 +362,10 @@ class TeamsEndpoint:
         if not verb:
             return
         interaction = self._interaction(activity, verb, data)
-        reply = self.conversation.clicked(interaction, self.chat)
+        if verb == SURVEY_ANSWER:
+            reply = self._survey_answer(interaction, data)
+        else:
+            reply = self.conversation.clicked(interaction, self.chat)
         if reply is None:
             return
         clicked = str(activity.get("replyToId") or "")
@@ -346,19 +428,45 @@ def _field(value: object) -> str:
     return "".join(c for c in str(value) if c.isprintable())[:120]
 
 
-def build_endpoint(*, settings: Settings, db: Engine, engine: FaqEngine) -> TeamsEndpoint:
-    """The Teams endpoint from settings: its own support desk (tickets go to
-    MOBILIZE_TEAMS_SUPPORT_CHANNEL) on the shared knowledge base and database."""
+def teams_tokens(settings: Settings) -> BotTokens:
+    """The bot's outgoing tokens (Bot Framework and Graph scopes) from settings."""
     settings.require_teams()
-    refs = References(db)
-    tokens = BotTokens(
+    return BotTokens(
         app_id=settings.teams_app_id,
         app_password=settings.teams_app_password,
         token_url=settings.teams_token_endpoint,
     )
-    chat = TeamsChat(tokens=tokens, refs=refs, tenant_id=settings.teams_tenant_id)
+
+
+def teams_chat(settings: Settings, refs: References) -> TeamsChat:
+    """The `Chat` port on the Bot Connector, from settings."""
+    return TeamsChat(tokens=teams_tokens(settings), refs=refs, tenant_id=settings.teams_tenant_id)
+
+
+def build_endpoint(
+    *,
+    settings: Settings,
+    db: Engine,
+    engine: FaqEngine,
+    refs: References | None = None,
+    chat: TeamsChat | None = None,
+    announcer: Announcer | None = None,
+    surveys: SurveyDesk | None = None,
+) -> TeamsEndpoint:
+    """The Teams endpoint from settings: its own support desk (tickets go to
+    MOBILIZE_TEAMS_SUPPORT_CHANNEL) on the shared knowledge base and database; with the
+    announcer and the survey desk, acknowledgements and survey answers too."""
+    settings.require_teams()
+    refs = refs or References(db)
+    chat = chat or teams_chat(settings, refs)
     desk = FaqDesk(engine=engine, db=db, support_channel=settings.teams_support_channel)
-    conversation = Conversation(desk=desk, support_channel=settings.teams_support_channel)
+    conversation = Conversation(
+        desk=desk,
+        support_channel=settings.teams_support_channel,
+        admins=settings.admin_ids,
+        announcer=announcer,
+        surveys=surveys,
+    )
     auth = ActivityAuthenticator(
         app_id=settings.teams_app_id, openid_metadata_url=settings.teams_openid_metadata_url
     )

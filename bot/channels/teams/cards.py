@@ -26,8 +26,12 @@ from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
 from bot.core.messages import Button, Checkboxes, Link, Mention, Message, Row, Select, Span, Text
+from bot.core.surveys.runs import SURVEY_COMMENT
 
 CARD_TYPE = "application/vnd.microsoft.card.adaptive"
+# Buttons that open a dialog to write in (Slack opens a modal): a survey's free-text answer.
+DIALOGS = frozenset({SURVEY_COMMENT})
+COMMENT_CHARS = 3000
 VERSION = "1.5"
 # The Bot Connector refuses an activity over about 100 KB (413); leave room for the envelope.
 MAX_ACTIVITY_BYTES = 90_000
@@ -290,6 +294,16 @@ def _action(button: Button) -> dict[str, Any] | None:
         if not _SAFE_URL.match(button.url):
             return None
         return {"type": "Action.OpenUrl", "title": _title(button.label), "url": button.url}
+    if button.action_id in DIALOGS:  # opens a dialog (task module) to write in
+        return {
+            "type": "Action.Submit",
+            "title": _title(button.label),
+            "data": {
+                "msteams": {"type": "task/fetch"},
+                "verb": button.action_id,
+                "value": button.value,
+            },
+        }
     action: dict[str, Any] = {
         "type": "Action.Execute",
         "title": _title(button.label),
@@ -338,7 +352,11 @@ def _row(row: Row, number: int, mentions: _Mentions) -> dict[str, Any]:
                 "type": "Action.Execute",
                 "title": "Save",
                 "verb": control.action_id,
-                "data": {"input": input_id, "options": values},
+                "data": {
+                    "input": input_id,
+                    "options": values,
+                    **({"multi": True} if isinstance(control, Checkboxes) else {}),
+                },
             }
         )
     if buttons:
@@ -424,3 +442,37 @@ def _plain_summary(text: str) -> str:
 
 def _size(card: dict[str, Any]) -> int:
     return len(json.dumps(card, ensure_ascii=False).encode("utf-8"))
+
+
+def comment_dialog(question: str, current: str, data: dict[str, Any]) -> dict[str, Any]:
+    """The dialog (a task module's `continue` answer to `task/fetch`) for a free-text survey
+    answer: the question, a text box holding the current answer, Save; `data` comes back with
+    the text on `task/submit`."""
+    card = {
+        "type": "AdaptiveCard",
+        "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+        "version": VERSION,
+        "body": [
+            _text_block(escape(question), weight="Bolder"),
+            {
+                "type": "Input.Text",
+                "id": "comment",
+                "isMultiline": True,
+                "maxLength": COMMENT_CHARS,
+                "value": current[:COMMENT_CHARS],
+                "label": "Your comment",
+            },
+        ],
+        "actions": [{"type": "Action.Submit", "title": "Save", "data": data}],
+    }
+    return {
+        "task": {
+            "type": "continue",
+            "value": {
+                "title": "Your comment",
+                "height": "medium",
+                "width": "medium",
+                "card": {"contentType": CARD_TYPE, "content": card},
+            },
+        }
+    }
