@@ -40,14 +40,12 @@ console = Console()
 
 def _runner() -> SurveyRunner:
     from bot.channels.slack.chat import SlackChat
-    from bot.channels.slack.directory import SlackDirectory
-    from bot.service import connect, make_survey_runner, slack_client
+    from bot.service import connect, connect_platforms, make_survey_runner, slack_client
 
     settings = get_settings()
-    client = slack_client(settings, max_retries=1)
-    runner = make_survey_runner(
-        settings, connect(settings), SlackChat(client), SlackDirectory(client)
-    )
+    db = connect(settings)
+    slack = SlackChat(slack_client(settings, max_retries=1)) if settings.slack_enabled else None
+    runner = make_survey_runner(settings, db, connect_platforms(settings, db, slack_chat=slack))
     errors = runner.load()
     if errors:
         raise ContentErrors(errors)

@@ -20,7 +20,8 @@ HINTS: dict[str, str] = {
     "SLACK_API_URL": "the Slack Web API base URL, e.g. https://slack.com/api/",
     "DATABASE_URL": "a SQLAlchemy URL, e.g. sqlite:///./mobilize.db or postgresql+psycopg://user@host/db",
     "MOBILIZE_CONTENT_DIR": "the folder holding messages/ and schedules/",
-    "MOBILIZE_ADMINS": "comma-separated Slack user ids, e.g. U012ABC,U034DEF",
+    "MOBILIZE_ADMINS": "comma-separated Slack user ids and Microsoft Entra object ids (Teams), "
+    "e.g. U012ABC,U034DEF",
     "MOBILIZE_SUPPORT_CHANNEL": "the channel id (C…) where escalated questions go",
     "MOBILIZE_TIMEZONE": "an IANA time zone name such as Europe/London",
     "MOBILIZE_EMBEDDING_MODEL": "a sentence-transformers model name or local path, or 'none'",
@@ -37,6 +38,11 @@ HINTS: dict[str, str] = {
     "outside the database's folder and its backups (make one with `mobilize survey secret`)",
     "MOBILIZE_LEASE_SECONDS": "seconds a worker holds a delivery it is sending, at least 20, "
     "e.g. 120",
+    "MOBILIZE_PUBLIC_URL": "the address people reach this bot's web port at, e.g. "
+    "https://mobilize.example.com (console sign-in links start with it)",
+    "MOBILIZE_CONSOLE_SECRET": "a long random string that signs console session cookies (the "
+    "same for every process; unset: a file next to the database is made once)",
+    "MOBILIZE_CONSOLE_SESSION_HOURS": "hours a console session lasts without being used, e.g. 8",
     "TEAMS_APP_ID": "the bot's Microsoft App ID (a GUID) from its Azure Bot / Entra app "
     "registration",
     "TEAMS_APP_PASSWORD": "a client secret of that Entra app registration (Certificates & secrets)",
@@ -50,6 +56,11 @@ HINTS: dict[str, str] = {
     "tests)",
     "TEAMS_GRAPH_URL": "the Microsoft Graph host, e.g. https://graph.microsoft.com (leave unset "
     "outside tests)",
+    "TEAMS_INSTALL_FOR_USERS": "true to install the Teams app for people who have not (Graph; "
+    "needs TeamsAppInstallation.ReadWriteSelfForUser.All), false to leave them out",
+    "TEAMS_CATALOG_APP_ID": "the app's id in your org's Teams app catalog (a GUID; Teams admin "
+    "center → Manage apps → the app → App ID), not the bot's Microsoft App ID",
+    "TEAMS_SEND_RATE": "Teams messages per second for the whole tenant, from 1 to 50, e.g. 15",
 }
 
 
@@ -92,6 +103,12 @@ class Settings(BaseSettings):
     # How long a claimed delivery is held before another process may check and resend it;
     # must outlast one post (the outbox's Web API client: 15 s timeout, no retries).
     lease_seconds: float = Field(default=120.0, ge=20, alias="MOBILIZE_LEASE_SECONDS")
+    # The comms lead's console (bot.console) at <MOBILIZE_PUBLIC_URL>/console.
+    public_url: str = Field(default="", alias="MOBILIZE_PUBLIC_URL")
+    console_secret: str = Field(default="", alias="MOBILIZE_CONSOLE_SECRET")
+    console_session_hours: float = Field(
+        default=8.0, gt=0, le=24 * 30, alias="MOBILIZE_CONSOLE_SESSION_HOURS"
+    )
     # Microsoft Teams (optional): the bot's Entra app registration and where tickets go.
     teams_app_id: str = Field(default="", alias="TEAMS_APP_ID")
     teams_app_password: str = Field(default="", alias="TEAMS_APP_PASSWORD")
@@ -104,6 +121,11 @@ class Settings(BaseSettings):
     )
     teams_token_url: str = Field(default="", alias="TEAMS_TOKEN_URL")
     teams_graph_url: str = Field(default="https://graph.microsoft.com", alias="TEAMS_GRAPH_URL")
+    # Announcements and surveys on Teams: install the app for people who have not (through
+    # Graph, with the app's org catalog id), and the tenant-wide pace of the outbox.
+    teams_install_for_users: bool = Field(default=False, alias="TEAMS_INSTALL_FOR_USERS")
+    teams_catalog_app_id: str = Field(default="", alias="TEAMS_CATALOG_APP_ID")
+    teams_send_rate: float = Field(default=15.0, ge=1, le=50, alias="TEAMS_SEND_RATE")
 
     @field_validator("survey_secret_file", mode="before")
     @classmethod
@@ -117,6 +139,14 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value if value.endswith("/") else value + "/"
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str) -> str:
+        value = value.strip()
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with https:// (or http:// on a private network)")
+        return value.rstrip("/")
 
     @field_validator("timezone")
     @classmethod
@@ -147,11 +177,14 @@ class Settings(BaseSettings):
     @classmethod
     def _admins(cls, value: str) -> str:
         for user_id in filter(None, (part.strip() for part in value.split(","))):
-            if user_id[:1] not in {"U", "W"}:
-                raise ValueError(f"{user_id!r} is not a Slack user id")
+            if user_id[:1] not in {"U", "W"} and not _GUID.match(user_id):
+                raise ValueError(
+                    f"{user_id!r} is neither a Slack user id (U…) nor a Microsoft Entra "
+                    "object id (a GUID)"
+                )
         return value
 
-    @field_validator("teams_app_id", "teams_tenant_id")
+    @field_validator("teams_app_id", "teams_tenant_id", "teams_catalog_app_id")
     @classmethod
     def _guid(cls, value: str) -> str:
         value = value.strip()
@@ -198,6 +231,8 @@ class Settings(BaseSettings):
             "TEAMS_APP_PASSWORD": self.teams_app_password,
             "TEAMS_TENANT_ID": self.teams_tenant_id,
         }
+        if self.teams_install_for_users:  # installing needs the app's catalog id
+            values["TEAMS_CATALOG_APP_ID"] = self.teams_catalog_app_id
         missing = [name for name, value in values.items() if not value]
         if missing:
             raise SettingsError(
@@ -245,7 +280,8 @@ class Settings(BaseSettings):
 
     @property
     def admin_ids(self) -> frozenset[str]:
-        return frozenset(filter(None, (part.strip() for part in self.admins.split(","))))
+        ids = filter(None, (part.strip() for part in self.admins.split(",")))
+        return frozenset(i.lower() if _GUID.match(i) else i for i in ids)  # Entra ids: any case
 
     @property
     def embedding_enabled(self) -> bool:

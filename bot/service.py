@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -17,20 +19,24 @@ from bot.channels.slack.chat import SlackChat, make_client
 from bot.channels.slack.directory import SlackDirectory
 from bot.channels.slack.sender import SlackSender, outbox_client
 from bot.channels.slack.server import HttpServer, WebApp
-from bot.channels.teams.app import TeamsEndpoint, build_endpoint
 from bot.config import Settings
 from bot.core.announcements.announcer import Announcer
-from bot.core.announcements.audience import Directory
+from bot.core.announcements.audience import Directories, Directory
 from bot.core.content import ContentError, ContentErrors
 from bot.core.faq.desk import FaqDesk
 from bot.core.faq.embed import CachedEmbedder, Embedder, load_embedder, model_cache_dir
 from bot.core.faq.engine import FaqEngine
-from bot.core.messages import Address, Chat, say
-from bot.core.outbox import Limits
+from bot.core.messages import Address, Chat, Chats, say
+from bot.core.outbox import Limits, Sender
+from bot.core.platforms import SLACK, TEAMS
 from bot.core.surveys.runner import SurveyRunner
 from bot.metrics import CONTENT_RELOADS
 from bot.store.db import make_engine, upgrade
 from bot.store.embeddings import DbEmbeddingCache
+
+if TYPE_CHECKING:  # the Teams SDK is imported only when Teams is configured
+    from bot.channels.teams.app import TeamsEndpoint
+    from bot.channels.teams.platform import TeamsParts
 
 log = logging.getLogger(__name__)
 
@@ -62,15 +68,75 @@ def slack_client(settings: Settings, *, max_retries: int | None = None) -> WebCl
     )
 
 
-def make_survey_runner(
-    settings: Settings, db: Engine, chat: Chat, directory: Directory
-) -> SurveyRunner:
+@dataclass
+class Platforms:
+    """The connected chat platforms, as the core sees them: one `Chat` that posts where each
+    address is, a `Sender` and a `Directory` per platform, and each platform's rate limits."""
+
+    chat: Chats
+    senders: dict[str, Sender] = field(default_factory=dict)
+    directories: dict[str, Directory] = field(default_factory=dict)
+    limits: dict[str, Limits] = field(default_factory=dict)
+    slack_chat: SlackChat | None = None
+    teams: TeamsParts | None = None
+
+    @property
+    def directory(self) -> Directories:
+        return Directories(self.directories)
+
+    def close(self) -> None:
+        if self.teams is not None:
+            self.teams.close()
+
+
+def slack_limits(settings: Settings) -> Limits:
+    return Limits(
+        posts_per_second=settings.send_rate,
+        # A tenth of a second's worth, not a second's: Slack allows bursts, but one as big
+        # as its own bucket, met by network jitter, earns 429s (and a pause for everyone).
+        burst=max(2.0, settings.send_rate / 10),
+        edits_per_second=settings.edit_rate,
+    )
+
+
+def connect_platforms(
+    settings: Settings, db: Engine, *, slack_chat: SlackChat | None = None
+) -> Platforms:
+    """Slack when its bot token is set, Teams when its app id is (the Teams SDK is imported
+    only then)."""
+    chats: dict[str, Chat] = {}
+    platforms = Platforms(chat=Chats(chats))  # filled in below
+    if settings.slack_enabled or slack_chat is not None:
+        client = slack_chat.client if slack_chat is not None else slack_client(settings)
+        platforms.slack_chat = slack_chat or SlackChat(client)
+        chats[SLACK] = platforms.slack_chat
+        platforms.senders[SLACK] = SlackSender(
+            outbox_client(
+                token=settings.slack_bot_token or "xoxb-unset", base_url=settings.slack_api_url
+            )
+        )
+        platforms.directories[SLACK] = SlackDirectory(client)
+        platforms.limits[SLACK] = slack_limits(settings)
+    if settings.teams_enabled:
+        from bot.channels.teams.platform import connect_teams
+
+        teams = connect_teams(settings, db)
+        platforms.teams = teams
+        chats[TEAMS] = teams.chat
+        platforms.senders[TEAMS] = teams.sender
+        platforms.directories[TEAMS] = teams.directory
+        platforms.limits[TEAMS] = teams.limits
+    platforms.chat.chats.update(chats)
+    return platforms
+
+
+def make_survey_runner(settings: Settings, db: Engine, platforms: Platforms) -> SurveyRunner:
     """The survey service, from settings."""
     return SurveyRunner(
         db=db,
         content_dir=settings.content_dir,
-        directory=directory,
-        chat=chat,
+        directory=platforms.directory,
+        chat=platforms.chat,
         secret=settings.survey_key(),
         admins=settings.admin_ids,
         grace=timedelta(minutes=settings.grace_minutes),
@@ -78,27 +144,17 @@ def make_survey_runner(
     )
 
 
-def make_announcer(settings: Settings, db: Engine, chat: Chat) -> Announcer:
-    """The announcement service on Slack, from settings."""
-    client = slack_client(settings)
+def make_announcer(settings: Settings, db: Engine, platforms: Platforms) -> Announcer:
+    """The announcement service on the connected platforms, from settings."""
     return Announcer(
         db=db,
         content_dir=settings.content_dir,
-        directory=SlackDirectory(client),
-        sender=SlackSender(
-            outbox_client(
-                token=settings.slack_bot_token or "xoxb-unset", base_url=settings.slack_api_url
-            )
-        ),
-        chat=chat,
+        directory=platforms.directory,
+        senders=platforms.senders,
+        chat=platforms.chat,
         admins=settings.admin_ids,
-        limits=Limits(
-            posts_per_second=settings.send_rate,
-            # A tenth of a second's worth, not a second's: Slack allows bursts, but one as big
-            # as its own bucket, met by network jitter, earns 429s (and a pause for everyone).
-            burst=max(2.0, settings.send_rate / 10),
-            edits_per_second=settings.edit_rate,
-        ),
+        limits=platforms.limits.get(SLACK, slack_limits(settings)),
+        platform_limits=platforms.limits,
         grace=timedelta(minutes=settings.grace_minutes),
         default_timezone=settings.timezone,
         lease=timedelta(seconds=settings.lease_seconds),
@@ -113,7 +169,11 @@ class Service:
         self.db = connect(settings)
         self.ready = threading.Event()
         self.client = slack_client(settings)
-        self.chat = SlackChat(self.client)
+        slack_chat = SlackChat(self.client)
+        self.platforms = connect_platforms(
+            settings, self.db, slack_chat=slack_chat if settings.slack_enabled else None
+        )
+        self.chat = self.platforms.chat  # posts to each address on its platform
         self.engine = FaqEngine(
             content_dir=settings.content_dir,
             embedder=make_embedder(settings, self.db),
@@ -124,10 +184,10 @@ class Service:
         self.desk = FaqDesk(
             engine=self.engine, db=self.db, support_channel=settings.support_channel
         )
-        self.announcer = make_announcer(settings, self.db, self.chat)
-        # Reports and notices share the outbox's rate budget (and its 429 pauses).
-        self.chat.charge_to(self.announcer.outbox.budget, self.announcer.outbox.limits)
-        self.surveys = make_survey_runner(settings, self.db, self.chat, self.announcer.directory)
+        self.announcer = make_announcer(settings, self.db, self.platforms)
+        # Slack's answers, reports and notices share the outbox's rate budget (and its 429s).
+        slack_chat.charge_to(self.announcer.outbox.budget, self.announcer.outbox.limits)
+        self.surveys = make_survey_runner(settings, self.db, self.platforms)
         for kind, renderer in self.surveys.renderers().items():  # surveys' outbox kinds
             self.announcer.outbox.register(kind, renderer)
         errors = self.announcer.load() + self.surveys.load()
@@ -145,8 +205,18 @@ class Service:
             surveys=self.surveys.desk,
         )
         self.teams: TeamsEndpoint | None = None
-        if settings.teams_enabled:  # Teams at POST /api/messages, next to Slack's endpoint
-            self.teams = build_endpoint(settings=settings, db=self.db, engine=self.engine)
+        if self.platforms.teams is not None:  # Teams at POST /api/messages, next to Slack's
+            from bot.channels.teams.app import build_endpoint
+
+            self.teams = build_endpoint(
+                settings=settings,
+                db=self.db,
+                engine=self.engine,
+                refs=self.platforms.teams.refs,
+                chat=self.platforms.teams.chat,
+                announcer=self.announcer,
+                surveys=self.surveys.desk,
+            )
         self._stop = threading.Event()
         self.scheduler: BackgroundScheduler | None = None
 
@@ -243,5 +313,5 @@ class Service:
         jobs.SURVEYS.pop("default", None)
         if self.teams is not None:
             self.teams.close()
-            self.teams.chat.close()
+        self.platforms.close()
         self.db.dispose()

@@ -140,8 +140,9 @@ class AnnouncementSend(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
     completed_at: datetime | None = None
     reported_at: datetime | None = None
-    report_channel: str = Field(default="", max_length=40)  # the owner's report, kept up to date
-    report_ts: str = Field(default="", max_length=40)
+    # the owner's report, kept up to date (255: a Teams 1:1 conversation id is long)
+    report_channel: str = Field(default="", max_length=255)
+    report_ts: str = Field(default="", max_length=255)
     reminded_at: datetime | None = None
     reminder_of: int | None = Field(default=None, foreign_key="announcement_send.id")
 
@@ -248,8 +249,8 @@ class SurveyInvitation(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     run_id: int = Field(foreign_key="survey_run.id", index=True)
     user_id: str = Field(max_length=40)
-    channel: str = Field(default="", max_length=40)
-    ts: str = Field(default="", max_length=40)
+    channel: str = Field(default="", max_length=255)  # Teams' conversation ids are long
+    ts: str = Field(default="", max_length=255)
     segments: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))
     answered: bool = False
     reminders: int = 0
@@ -337,3 +338,30 @@ class TeamsConversation(SQLModel, table=True):
     name: str = Field(default="", max_length=200)
     installed: bool = True
     updated_at: datetime = Field(default_factory=utcnow)
+
+
+# --- The comms lead's console (bot.console) ------------------------------------------------
+
+
+class ConsoleLink(SQLModel, table=True):
+    """A one-time sign-in link an admin asked the bot for: only the SHA-256 of its random
+    token is kept; it works once, before `expires_at`."""
+
+    __tablename__ = "console_link"
+    token_hash: str = Field(primary_key=True, max_length=64)
+    user_id: str = Field(max_length=64, index=True)
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime
+    used_at: datetime | None = None
+
+
+class ConsoleSession(SQLModel, table=True):
+    """A signed-in console session (the cookie holds its random id; only the SHA-256 is kept
+    here, so signing out or removing the row ends it). It ends after a spell of idleness."""
+
+    __tablename__ = "console_session"
+    id_hash: str = Field(primary_key=True, max_length=64)
+    user_id: str = Field(max_length=64, index=True)
+    csrf: str = Field(max_length=64)  # the per-session token every form carries
+    created_at: datetime = Field(default_factory=utcnow)
+    last_seen_at: datetime = Field(default_factory=utcnow)

@@ -16,7 +16,8 @@ for ``TEAMS_GRAPH_URL``; requests go to ``<url>/v1.0/…``. Operation names (for
   as ``"GMT Standard Time"``; a user without a mailbox → 404 ``MailboxNotEnabledForRESTAPI``;
   needs ``MailboxSettings.Read``, which the default grant does not include).
 - ``GET /v1.0/groups/{id}/transitiveMembers`` (and ``…/microsoft.graph.user``)
-  [ListTransitiveMembers]: users and nested groups with ``@odata.type``, paged.
+  [ListTransitiveMembers]: users and nested groups with ``@odata.type``, paged; a team's
+  group id works too (a team is a Microsoft 365 group whose members are the team's).
 - ``GET /v1.0/teams/{group id}/channels`` [ListChannels], ``…/members`` [ListTeamMembers]
   (``aadUserConversationMember``: ``userId``, ``email``, ``roles``), paged.
 - ``GET /v1.0/users/{id}/teamwork/installedApps`` [ListInstalledApps]: ``$expand=teamsApp``,
@@ -396,6 +397,12 @@ class FakeGraph(LoopbackServer):
 
     def _transitive_members(self, request: Request, params: dict[str, str]) -> Answer:
         group = self.directory.group_or_none(params["group_id"])
+        if group is None:  # a team is a Microsoft 365 group: its members are the group's
+            team = next(
+                (t for t in self.directory.teams.values() if t.id == params["group_id"]), None
+            )
+            if team is not None:
+                group = Group(team.key, team.id, team.name, members=list(team.members))
         if group is None or params["group_id"] == group.key:
             raise _fail(
                 404,

@@ -25,7 +25,7 @@ from bot.core.announcements.audience import Audience, AudienceError, Directory, 
 from bot.core.announcements.plan import Occurrence, Plan, occurrences, send_time
 from bot.core.content import Rollout
 from bot.core.outbox import ANNOUNCEMENT_REMINDER
-from bot.core.platforms import platform_of
+from bot.core.platforms import GUID, platform_of
 from bot.store.marks import advance_mark, read_mark
 from bot.store.models import AnnouncementSend, Delivery, as_utc
 
@@ -120,7 +120,7 @@ def create_adhoc(
         audience=json.dumps(audience),
         state="planned",
         ack=ack,
-        owner=by if by[:1] in {"U", "W"} else "",
+        owner=by if by[:1] in {"U", "W"} or GUID.fullmatch(by) else "",  # a person, not a CLI
         created_by=by,
         due_at=at,
     )

@@ -36,6 +36,7 @@ from bot.core.messages import (
     Select,
     say,
 )
+from bot.core.platforms import GUID
 from bot.core.surveys import privacy
 from bot.core.surveys.definitions import Question, Survey
 from bot.core.surveys.privacy import SecretMissing, WrongSecret
@@ -113,7 +114,7 @@ def start_run(
         starts_at=starts_at,
         closes_at=closes_at,
         reminder_days=json.dumps(list(reminder_days)),
-        owner=by if by[:1] in {"U", "W"} else "",
+        owner=by if by[:1] in {"U", "W"} or GUID.fullmatch(by) else "",  # a person, not a CLI
         created_by=by,
         key_salt=privacy.new_salt() if survey.anonymity != "named" else None,
     )
