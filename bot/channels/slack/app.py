@@ -18,7 +18,7 @@ from sqlalchemy import Engine
 
 from bot.channels.slack.chat import SlackChat, call, slack_error_code
 from bot.channels.slack.clicks import ACKS_FIRST, Confirmations, respond
-from bot.channels.slack.events import EventLedger
+from bot.store.events import EventLedger
 from bot.channels.slack.render import action_id_of, to_blocks, to_payload
 from bot.channels.slack.text import parse, question
 from bot.core import messages as m

@@ -25,6 +25,7 @@ Nobody sees a traceback: a failure is logged with its code and the person gets a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import warnings
@@ -48,6 +49,7 @@ from bot.core.faq.desk import FaqDesk
 from bot.core.faq.engine import FaqEngine
 from bot.core.messages import Address, Interaction, Message, Posted, say
 from bot.core.surveys.runs import SURVEY_ANSWER, SURVEY_COMMENT, SurveyDesk
+from bot.store.events import EventLedger
 
 with warnings.catch_warnings():  # the SDK warns about its preview features on import
     warnings.simplefilter("ignore")
@@ -87,8 +89,10 @@ class TeamsEndpoint:
         auth: Authenticator,
         workers: int = 8,
         rollout_name: Callable[[], str] | None = None,
+        ledger: EventLedger | None = None,
     ) -> None:
         self.conversation = conversation
+        self.ledger = ledger  # drops a redelivered message activity
         self.chat = chat
         self.refs = refs
         self.auth = auth
@@ -151,7 +155,11 @@ class TeamsEndpoint:
         TEAMS_ACTIVITIES.labels(kind=kind if kind in _KINDS else "other").inc()
         if kind == "invoke":
             return self._invoke(activity)
-        self.pool.submit(self._safely, activity)
+        key = _event_key(activity)
+        if key and self.ledger is not None and not self.ledger.claim(key):
+            TEAMS_ACTIVITIES.labels(kind="redelivered").inc()
+            return 200, None  # handled already (or being handled): a redelivery
+        self.pool.submit(self._safely, activity, key)
         return 200, None
 
     def close(self) -> None:
@@ -159,9 +167,11 @@ class TeamsEndpoint:
 
     # ---------------------------------------------------------------- after the ack
 
-    def _safely(self, activity: dict[str, Any]) -> None:
+    def _safely(self, activity: dict[str, Any], key: str = "") -> None:
         try:
             self._activity(activity)
+            if key and self.ledger is not None:
+                self.ledger.done(key)
         except Exception:
             log.exception(
                 "teams: handling a %s activity failed (teams.handler_failed)",
@@ -415,6 +425,15 @@ class TeamsEndpoint:
 _KINDS = frozenset({"message", "invoke", "conversationUpdate", "installationUpdate"})
 
 
+def _event_key(activity: Mapping[str, Any]) -> str:
+    """The ledger's key for a message activity: its id is unique within its conversation."""
+    activity_id = str(activity.get("id") or "")
+    if activity.get("type") != "message" or not activity_id:
+        return ""
+    digest = hashlib.sha256(f"{_conversation_id(activity)}|{activity_id}".encode()).hexdigest()
+    return f"teams:{digest[:56]}"
+
+
 def _conversation_id(activity: Mapping[str, Any]) -> str:
     return str((activity.get("conversation") or {}).get("id") or "")
 
@@ -470,4 +489,6 @@ def build_endpoint(
     auth = ActivityAuthenticator(
         app_id=settings.teams_app_id, openid_metadata_url=settings.teams_openid_metadata_url
     )
-    return TeamsEndpoint(conversation=conversation, chat=chat, refs=refs, auth=auth)
+    return TeamsEndpoint(
+        conversation=conversation, chat=chat, refs=refs, auth=auth, ledger=EventLedger(db)
+    )

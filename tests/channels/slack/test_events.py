@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
-from bot.channels.slack.events import EventLedger
+from bot.store.events import EventLedger
 from bot.store.models import SlackEvent, utcnow
 from tests.auxil.running import RunningBot, bot_settings, running_bot
 from tests.slack.fake_slack import FakeSlack

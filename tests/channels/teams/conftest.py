@@ -46,8 +46,12 @@ class TeamsBot:
 
     def ask(self, user: str, text: str) -> StoredActivity:
         """A 1:1 message; the bot's next card in that chat."""
+        return self.ask_with(self.teams.message_activity(user, text))
+
+    def ask_with(self, activity: dict[str, Any]) -> StoredActivity:
+        """Send a message activity; the bot's next card."""
         before = len(self.teams.sent)
-        assert self.send(self.teams.message_activity(user, text)).status == 200
+        assert self.send(activity).status == 200
         return self.next_card(before)
 
     def next_card(

@@ -272,3 +272,15 @@ def test_a_failing_handler_apologises_without_a_traceback(
     sorry = bot.next_card(before)
     assert "Sorry, something went wrong on my side" in card_text(sorry)
     assert "database on fire" not in card_text(sorry)
+
+
+def test_a_redelivered_message_is_answered_once(bot: TeamsBot, teams: FakeTeams) -> None:
+    # The Bot Framework may deliver an activity again (same id): one answer, one question logged.
+    activity = teams.message_activity("alice", ANSWERABLE)
+    bot.ask_with(activity)
+    assert bot.send(activity).status == 200  # acknowledged, and dropped
+    bot.endpoint.pool.submit(lambda: None).result()
+    with Session(bot.db) as session:
+        assert len(session.exec(select(QuestionLog)).all()) == 1
+    answers = [a for a in teams.sent if "password" in card_text(a).lower()]
+    assert len(answers) == 1

@@ -1,7 +1,8 @@
-"""Which Slack events have been handled: each event answered at least once and at most once.
+"""Which incoming events have been handled: each answered at least once and at most once.
 
 Slack retries an event it got no quick 200 for (after about 1 and 5 minutes), with the same
-`event_id`. The ledger is claimed before an event is handled and marked handled after its
+`event_id`; the Bot Framework may deliver a Teams activity again (keyed `teams:` + a hash of
+its conversation and activity ids). The ledger is claimed before an event is handled and marked handled after its
 answer is posted. A retry of a handled event is dropped; a retry of an event claimed but never
 handled (the process died in between) is handled again, once the claim is `stale`.
 """
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 class EventLedger:
-    """Claims and completions of Slack event ids, in the database (shared by processes)."""
+    """Claims and completions of event ids, in the database (shared by processes)."""
 
     def __init__(
         self,
