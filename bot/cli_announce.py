@@ -1,4 +1,5 @@
-"""`mobilize announce …`: plan, preview, send, and manage announcements after sending."""
+"""`mobilize announce …`: plan, preview, send, and manage announcements after sending; settle
+deliveries in doubt (announcements and survey messages alike)."""
 
 from __future__ import annotations
 
@@ -38,10 +39,11 @@ console = Console()
 
 def _announcer(settings: Settings) -> tuple[Announcer, Engine]:
     from bot.channels.slack.chat import SlackChat
-    from bot.service import connect, make_announcer, slack_client
+    from bot.service import connect, connect_platforms, make_announcer, slack_client
 
     db = connect(settings)
-    announcer = make_announcer(settings, db, SlackChat(slack_client(settings, max_retries=1)))
+    slack = SlackChat(slack_client(settings, max_retries=1)) if settings.slack_enabled else None
+    announcer = make_announcer(settings, db, connect_platforms(settings, db, slack_chat=slack))
     errors = announcer.load()
     if errors:
         raise ContentErrors(errors)
@@ -397,3 +399,208 @@ def cancel_command(
         session.commit()
     record(db, actor=_actor(by), action="announce.cancel", detail=f"#{send_id}: {count} pending")
     console.print(f"#{send_id} cancelled; {count} pending deliveries will not be sent.")
+
+
+# --- deliveries in doubt ---------------------------------------------------------------------
+
+SETTLE_HINT = (
+    "Each post got no answer, and the platform (Teams) cannot be asked whether it arrived. "
+    "Ask the recipient or look in the chat, then run `mobilize announce settle ID… "
+    "--mark-sent` (it arrived) or `--resend` (it did not)."
+)
+
+
+def _in_doubt(
+    session: Session,
+    *,
+    ids: list[int] | None = None,
+    send_id: int | None = None,
+    survey: str | None = None,
+    lock: bool = False,
+) -> list[tuple[Delivery, str]]:
+    """`unknown` deliveries of every kind (announcements, reminders, survey messages), each
+    with what it belongs to; `lock` holds the rows until the transaction ends."""
+    from bot.store.models import SurveyRun, SurveySend
+
+    query = (
+        select(Delivery, AnnouncementSend, SurveySend, SurveyRun)
+        .outerjoin(AnnouncementSend, col(Delivery.send_id) == col(AnnouncementSend.id))
+        .outerjoin(SurveySend, col(Delivery.survey_send_id) == col(SurveySend.id))
+        .outerjoin(SurveyRun, col(SurveySend.run_id) == col(SurveyRun.id))
+        .where(col(Delivery.state) == "unknown")
+        .order_by(col(Delivery.id))
+    )
+    if ids is not None:
+        query = query.where(col(Delivery.id).in_(ids))
+    if send_id is not None:
+        query = query.where(col(Delivery.send_id) == send_id)
+    if survey is not None:
+        query = query.where(col(SurveyRun.survey_id) == survey)
+    if lock:  # PostgreSQL; SQLite has one writer at a time and resolve_unknown re-checks
+        query = query.with_for_update(of=Delivery)
+    found: list[tuple[Delivery, str]] = []
+    for delivery, send, survey_send, run in session.exec(query).all():
+        if send is not None:
+            what = f"announcement #{send.id} ({send.template})"
+        elif survey_send is not None and run is not None:
+            what = f"survey {run.survey_id} run {run.number} ({survey_send.kind})"
+        else:
+            what = "—"
+        found.append((delivery, what))
+    return found
+
+
+def _row(delivery: Delivery, what: str) -> dict[str, Any]:
+    tried = delivery.claimed_at or delivery.updated_at
+    return {
+        "id": delivery.id,
+        "for": what,
+        "recipient": delivery.recipient,
+        "name": delivery.name,
+        "platform": delivery.platform,
+        "kind": delivery.kind,
+        "tried_at": f"{tried:%Y-%m-%d %H:%M:%S}",
+        "attempts": delivery.attempts,
+    }
+
+
+def _table(rows: list[dict[str, Any]]) -> Table:
+    table = Table("delivery", "for", "recipient", "platform", "kind", "tried (UTC)", "attempts")
+    for row in rows:
+        name, recipient = row["name"], row["recipient"]
+        who = f"{name} ({recipient})" if name and name != recipient else recipient
+        table.add_row(
+            str(row["id"]),
+            row["for"],
+            who,
+            row["platform"],
+            row["kind"],
+            row["tried_at"],
+            str(row["attempts"]),
+        )
+    return table
+
+
+@app.command("unknown")
+def unknown_command(
+    send_id: Annotated[
+        int | None, typer.Option("--send", help="Only this announcement's deliveries.")
+    ] = None,
+    survey: Annotated[
+        str | None, typer.Option("--survey", help="Only this survey's messages (every run).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Deliveries in doubt (`unknown`): posted on a platform that cannot say whether they
+    arrived (Teams). Announcements, reminders and survey messages alike; decide with `settle`."""
+    from bot.service import connect
+
+    db = connect(get_settings())
+    with Session(db) as session:
+        rows = [_row(*found) for found in _in_doubt(session, send_id=send_id, survey=survey)]
+    if as_json:
+        print(json.dumps(rows))
+        return
+    if not rows:
+        console.print("No deliveries in doubt.")
+        return
+    console.print(_table(rows))
+    console.print(f"{len(rows)} in doubt. {SETTLE_HINT}", highlight=False, soft_wrap=True)
+
+
+@app.command("settle")
+def settle_command(
+    delivery_ids: Annotated[
+        list[int] | None, typer.Argument(help="Delivery ids, from `mobilize announce unknown`.")
+    ] = None,
+    resend: Annotated[
+        bool, typer.Option("--resend", help="It did not arrive: send it again.")
+    ] = False,
+    mark_sent: Annotated[
+        bool, typer.Option("--mark-sent", help="It arrived: record it as sent.")
+    ] = False,
+    every: Annotated[
+        bool, typer.Option("--all", help="Every delivery in doubt of --send or --survey.")
+    ] = False,
+    send_id: Annotated[int | None, typer.Option("--send", help="Announcement id.")] = None,
+    survey: Annotated[str | None, typer.Option("--survey", help="Survey id.")] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    by: Annotated[str | None, typer.Option("--by", help="Who (for the audit log).")] = None,
+) -> None:
+    """Settle deliveries in doubt: resend them, or record them as sent. Never both, never
+    silently: the rows are listed and confirmed first, and the audit log says who decided."""
+    from bot.core.outbox.outbox import resolve_unknown
+    from bot.service import connect
+    from bot.store.models import AuditLog
+
+    if resend == mark_sent:
+        raise typer.BadParameter(
+            "say what happened: --mark-sent (it arrived) or --resend (it did not)"
+        )
+    ids = sorted(set(delivery_ids or []))
+    if every == bool(ids):
+        raise typer.BadParameter("give delivery ids, or --all with --send ID or --survey ID")
+    if every and (send_id is None) == (survey is None):
+        raise typer.BadParameter("--all needs one of --send ID and --survey ID")
+    if not every and (send_id is not None or survey is not None):
+        raise typer.BadParameter("--send and --survey go with --all")
+    db = connect(get_settings())
+    with Session(db) as session:
+        found = _in_doubt(session, ids=ids or None, send_id=send_id, survey=survey)
+        rows = [_row(*one) for one in found]
+        if ids:
+            states = dict(
+                session.exec(
+                    select(Delivery.id, Delivery.state).where(col(Delivery.id).in_(ids))
+                ).all()
+            )
+    if ids:
+        others = [
+            f"#{i} ({states[i]})" if i in states else f"#{i} (no such delivery)"
+            for i in ids
+            if i not in {row["id"] for row in rows}
+        ]
+        if others:
+            console.print(f"Not in doubt, left alone: {', '.join(others)}", highlight=False)
+    if not rows:
+        console.print("Nothing to settle.")
+        raise typer.Exit(1)
+    console.print(_table(rows))
+    these = "this delivery" if len(rows) == 1 else f"these {len(rows)} deliveries"
+    if resend:
+        question = f"Send {these} again? Whoever did get a message will have it twice."
+    else:
+        question = f"Record {these} as sent? Nothing will be sent again."
+    if not yes and not typer.confirm(question):
+        console.print("Nothing changed.")
+        raise typer.Exit(1)
+    actor = _actor(by)
+    chosen_ids = [int(row["id"]) for row in rows]
+    now = datetime.now(UTC)
+    with Session(db) as session:
+        locked = [int(d.id or 0) for d, _ in _in_doubt(session, ids=chosen_ids, lock=True)]
+        changed = resolve_unknown(session=session, delivery_ids=locked, resend=resend, now=now)
+        decision = "resend" if resend else "mark sent"
+        shown = ", ".join(f"#{i}" for i in locked[:50]) + (" …" if len(locked) > 50 else "")
+        session.add(
+            AuditLog(
+                actor=actor,
+                action="announce.settle",
+                detail=f"{decision}: {changed} in doubt: {shown}",
+            )
+        )
+        session.commit()
+    gone = sorted(set(chosen_ids) - set(locked))
+    if gone:
+        console.print(
+            f"Settled meanwhile by someone else, left alone: {', '.join(f'#{i}' for i in gone)}",
+            highlight=False,
+        )
+    for delivery_id in locked:
+        after = "pending: the running bot sends it again" if resend else "sent (not sent again)"
+        console.print(f"#{delivery_id}: unknown → {after}", highlight=False)
+    deliveries = "delivery" if changed == 1 else "deliveries"
+    if resend:
+        console.print(f"{changed} {deliveries} queued again for the running bot to send.")
+    else:
+        console.print(f"{changed} {deliveries} recorded as sent.")

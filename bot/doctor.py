@@ -1,8 +1,11 @@
-"""`mobilize doctor`: check a Slack installation and say what to click or type to fix it.
+"""`mobilize doctor`: check a Slack and a Microsoft Teams installation and say what to click or
+type to fix them.
 
 `diagnose(settings)` asks Slack (read methods only; nothing is posted and no WebSocket is
-opened) and returns a `Report`: one `Check` per thing looked at, each `ok`, `fail`, `warn` or
-`skip`, with a fix for every problem. What it checks:
+opened) and, when `TEAMS_APP_ID` is set, Microsoft (tokens, metadata and one Bot Connector
+read; nothing is posted) and returns a `Report`: one `Check` per thing looked at, each `ok`,
+`fail`, `warn` or `skip`, with a fix for every problem. What it checks in Slack (skipped when
+only Teams is configured):
 
 - the bot token (`auth.test`: `invalid_auth`, a user or app-level token in its place);
 - the token's scopes (the `x-oauth-scopes` header of `auth.test`) against what the
@@ -13,6 +16,19 @@ opened) and returns a `Report`: one `Check` per thing looked at, each `ok`, `fai
 - the admin group and each `group:` audience or segment: the bot can read its members;
 - the signing secret's form (32 hex characters; Slack cannot confirm it until it signs a
   request) and the app-level token (`apps.connections.open`, the WebSocket left unopened).
+
+In Teams:
+
+- the settings: app id, password and tenant present and well-formed (GUIDs, a secret's value
+  rather than its id), the support channel id;
+- the bot's own token (client credentials, Bot Framework scope): a refusal quotes Entra's code
+  (`invalid_client`, `AADSTS7000215`…) with what to do about it;
+- the OpenID metadata and the signing keys next to it (what incoming requests are checked
+  with), a key endorsed for `msteams` among them;
+- a Graph token and the application permissions in its `roles` claim (read, not verified: it
+  is our own token) against `bot.channels.teams.directory.GRAPH_PERMISSIONS`;
+- the support channel: the bot has heard from it (a `teams_conversation` row), or it is a
+  channel of a team the bot was added to (the Bot Connector's channel list of that team).
 
 `render(report, console)` prints the checklist; `report.as_json()` is for scripts.
 """
@@ -25,6 +41,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from rich.console import Console
 from rich.markup import escape
@@ -52,7 +69,28 @@ SEGMENTS = "Survey segments"
 SECRET = "Signing secret"
 APP_TOKEN = "App token (Socket Mode)"
 CONTENT = "Content"
-SECTIONS = (BOT_TOKEN, SCOPES, SUPPORT, PLAN, ADMIN, SEGMENTS, SECRET, APP_TOKEN, CONTENT)
+TEAMS = "Teams settings"
+TEAMS_TOKEN = "Teams bot token"
+TEAMS_AUTH = "Teams incoming requests"
+GRAPH = "Microsoft Graph permissions"
+TEAMS_SUPPORT = "Teams support channel"
+SECTIONS = (
+    BOT_TOKEN,
+    SCOPES,
+    SUPPORT,
+    PLAN,
+    ADMIN,
+    SEGMENTS,
+    SECRET,
+    APP_TOKEN,
+    TEAMS,
+    TEAMS_TOKEN,
+    TEAMS_AUTH,
+    GRAPH,
+    TEAMS_SUPPORT,
+    CONTENT,
+)
+SLACK_SECTIONS = (BOT_TOKEN, SCOPES, SUPPORT, PLAN, ADMIN, SEGMENTS, SECRET, APP_TOKEN)
 
 APPS_PAGE = "https://api.slack.com/apps"
 SCOPE_FIX = (
@@ -88,6 +126,60 @@ BAD_TOKEN = frozenset(
 )
 MAX_REASONS = 3
 
+# --- Teams
+# What each Microsoft Graph application permission the bot uses is for. The set itself is
+# `bot.channels.teams.directory.GRAPH_PERMISSIONS`, imported only when Teams is configured
+# (it brings the Teams SDK with it).
+GRAPH_PURPOSES: dict[str, str] = {
+    "User.Read.All": "finding people for announcement and survey audiences (everyone, users:, "
+    "emails:) and their names",
+    "GroupMember.Read.All": "group: audiences and survey segments by group",
+    "TeamsAppInstallation.ReadWriteSelfForUser.All": "installing the app for people who do "
+    "not have it yet, so the bot can write to them first",
+}
+PORTAL = "https://portal.azure.com"
+REGISTRATION = f"{PORTAL} → Microsoft Entra ID → App registrations → your bot's app"
+TEAMS_SETTINGS_FIX = {
+    "TEAMS_APP_ID": f"{REGISTRATION} → Overview → Application (client) ID",
+    "TEAMS_APP_PASSWORD": f"{REGISTRATION} → Certificates & secrets → New client secret; copy "
+    "its Value (shown once), not its Secret ID",
+    "TEAMS_TENANT_ID": f"{PORTAL} → Microsoft Entra ID → Overview → Tenant ID",
+}
+SECRET_FIX_TEAMS = (
+    f"{REGISTRATION} → Certificates & secrets → New client secret, and put its Value (not the "
+    "Secret ID) in TEAMS_APP_PASSWORD (env or .env)"
+)
+APP_TENANT_FIX = (
+    "TEAMS_APP_ID must be the Application (client) ID of an app registered in the tenant "
+    f"TEAMS_TENANT_ID ({REGISTRATION} → Overview shows both)"
+)
+# Entra's AADSTS codes for a token request, and what to do about each.
+AADSTS_FIX = {
+    "7000215": SECRET_FIX_TEAMS,  # invalid client secret
+    "7000216": SECRET_FIX_TEAMS,  # no secret sent
+    "7000222": SECRET_FIX_TEAMS,  # the secret expired
+    "700016": APP_TENANT_FIX,  # app not found in the directory
+    "90002": f"TEAMS_TENANT_ID: put the Tenant ID there ({PORTAL} → Microsoft Entra ID → Overview)",
+}
+GRAPH_FIX = (
+    f"{REGISTRATION} → API permissions → Add a permission → Microsoft Graph → Application "
+    "permissions → {permission}; then Grant admin consent for your organisation (a Global or "
+    "Privileged Role Administrator must click it)"
+)
+METADATA_FIX = (
+    "the bot must reach the Bot Framework's OpenID metadata and keys over HTTPS: allow "
+    "login.botframework.com through the proxy or firewall; leave TEAMS_OPENID_METADATA_URL "
+    "unset outside tests"
+)
+ADD_TO_TEAM_FIX = (
+    "in Teams, add Mobilize to the team that holds the support channel (Apps → Manage your apps "
+    "→ Mobilize → Add to a team, or the team's ⋯ → Manage team → Apps → Get more apps), then "
+    "@mention Mobilize once in the support channel; and check the id (channel → ⋯ → Get link to "
+    "channel: the part after /channel/, URL-decoded)"
+)
+TEAMS_CHANNEL = re.compile(r"19:[^;\s]+@thread\.[a-z0-9]+")
+GUID = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
+
 
 @dataclass(frozen=True)
 class Check:
@@ -108,6 +200,7 @@ class Report:
     workspace: dict[str, str] = field(default_factory=dict)
     granted: list[str] | None = None
     needed: dict[str, list[str]] = field(default_factory=dict)
+    teams: dict[str, Any] | None = None  # None when Teams is not configured
 
     @property
     def problems(self) -> list[Check]:
@@ -133,6 +226,7 @@ class Report:
             "warnings": len(self.warnings),
             "workspace": self.workspace,
             "scopes": {"granted": self.granted, "needed": self.needed, "missing": missing},
+            "teams": self.teams,
             "checks": [
                 {
                     "section": c.section,
@@ -699,6 +793,392 @@ class _Doctor:
             )
 
 
+# ---------------------------------------------------------------------------- Teams
+
+
+class _TeamsDoctor:
+    """The Teams checks, added to the same report (see the module docstring)."""
+
+    def __init__(self, settings: Settings, report: Report) -> None:
+        self.settings = settings
+        self.report = report
+        self.tokens: Any = None  # a BotTokens once the settings are complete
+        self.bot_token = ""
+        from bot.channels.teams.directory import GRAPH_PERMISSIONS
+
+        self.needed = sorted(GRAPH_PERMISSIONS)
+        self.graph: dict[str, Any] = {"granted": None, "needed": self.needed, "missing": None}
+        report.teams = {
+            "app_id": settings.teams_app_id,
+            "tenant_id": settings.teams_tenant_id,
+            "graph": self.graph,
+        }
+
+    def add(self, section: str, subject: str, status: str, detail: str, fix: str = "") -> None:
+        self.report.checks.append(Check(section, subject, status, detail, fix))
+
+    def run(self) -> None:
+        complete = self.check_settings()
+        token_works = complete and self.check_bot_token()
+        if not complete:
+            self.add(TEAMS_TOKEN, "—", SKIP, "not checked: the Teams settings are incomplete")
+        self.check_metadata()
+        if token_works:
+            self.check_graph()
+        else:
+            self.add(GRAPH, "—", SKIP, "not checked: the bot gets no token")
+        self.check_support_channel(token_works)
+
+    # --- settings ----------------------------------------------------------------------
+
+    def check_settings(self) -> bool:
+        """Each setting present and well-formed; True when a token can be asked for."""
+        complete = True
+        values = {
+            "TEAMS_APP_ID": self.settings.teams_app_id,
+            "TEAMS_TENANT_ID": self.settings.teams_tenant_id,
+        }
+        for name, raw in values.items():
+            value = raw.strip()
+            if not value:
+                self.add(TEAMS, name, FAIL, "not set", TEAMS_SETTINGS_FIX[name])
+                complete = False
+            elif not GUID.fullmatch(value):
+                self.add(TEAMS, name, FAIL, f"{value!r} is not a GUID", TEAMS_SETTINGS_FIX[name])
+                complete = False
+            else:
+                self.add(TEAMS, name, OK, f"a GUID ({value})")
+        raw = self.settings.teams_app_password
+        password = raw.strip()
+        subject = "TEAMS_APP_PASSWORD"
+        if not password:
+            self.add(TEAMS, subject, FAIL, "not set", TEAMS_SETTINGS_FIX[subject])
+            complete = False
+        elif password != raw or password[:1] in "\"'":
+            self.add(
+                TEAMS, subject, FAIL, "has spaces or quotes around it", TEAMS_SETTINGS_FIX[subject]
+            )
+            complete = False
+        elif GUID.fullmatch(password):
+            self.add(
+                TEAMS,
+                subject,
+                WARN,
+                "is a GUID: that looks like the client secret's Secret ID, not its Value",
+                TEAMS_SETTINGS_FIX[subject],
+            )
+        else:
+            self.add(TEAMS, subject, OK, f"set ({len(password)} characters)")
+        return complete
+
+    # --- the bot's token -----------------------------------------------------------------
+
+    def check_bot_token(self) -> bool:
+        """A Bot Framework token by client credentials; True when the endpoint gave one."""
+        from bot.channels.teams.auth import BOT_SCOPE, BotTokens, TokenError
+
+        url = self.settings.teams_token_endpoint
+        self.tokens = BotTokens(
+            app_id=self.settings.teams_app_id,
+            app_password=self.settings.teams_app_password,
+            token_url=url,
+        )
+        subject = "client credentials"
+        try:
+            self.bot_token = self.tokens(BOT_SCOPE)
+        except TokenError as exc:
+            detail, fix = _token_failure(str(exc), url)
+            self.add(TEAMS_TOKEN, subject, FAIL, detail, fix)
+            return False
+        self.add(
+            TEAMS_TOKEN,
+            subject,
+            OK,
+            f"works: a Bot Framework token for app {self.settings.teams_app_id} from {url}",
+        )
+        return True
+
+    # --- incoming requests ----------------------------------------------------------------
+
+    def check_metadata(self) -> None:
+        """The OpenID metadata and the signing keys the bot checks each request with."""
+        from bot.channels.teams.auth import CHANNEL, keys_url
+
+        url = self.settings.teams_openid_metadata_url
+        document, error = _get_json(url)
+        if error:
+            self.add(TEAMS_AUTH, "OpenID metadata", FAIL, error, METADATA_FIX)
+        elif not isinstance(document, dict) or not document.get("jwks_uri"):
+            self.add(
+                TEAMS_AUTH, "OpenID metadata", FAIL, f"{url} is not OpenID metadata (no jwks_uri)"
+            )
+        else:
+            self.add(TEAMS_AUTH, "OpenID metadata", OK, f"read from {url}")
+        keys_at = keys_url(url)
+        keys, error = _get_json(keys_at)
+        found = keys.get("keys") if isinstance(keys, dict) else None
+        if error:
+            self.add(TEAMS_AUTH, "signing keys", FAIL, error, METADATA_FIX)
+        elif not isinstance(found, list) or not found:
+            self.add(TEAMS_AUTH, "signing keys", FAIL, f"{keys_at} lists no keys", METADATA_FIX)
+        else:
+            endorsed = [
+                key
+                for key in found
+                if isinstance(key, dict) and CHANNEL in (key.get("endorsements") or [])
+            ]
+            if endorsed:
+                self.add(
+                    TEAMS_AUTH,
+                    "signing keys",
+                    OK,
+                    f"{len(found)} keys, {len(endorsed)} endorsed for {CHANNEL}: requests from "
+                    "Teams can be authenticated",
+                )
+            else:
+                self.add(
+                    TEAMS_AUTH,
+                    "signing keys",
+                    FAIL,
+                    f"none of the {len(found)} keys at {keys_at} is endorsed for {CHANNEL}: "
+                    "every request from Teams would be refused",
+                    METADATA_FIX,
+                )
+
+    # --- Graph ------------------------------------------------------------------------------
+
+    def check_graph(self) -> None:
+        """A Graph token, and the application permissions in its `roles` claim."""
+        import jwt
+
+        from bot.channels.teams.auth import GRAPH_SCOPE, TokenError
+
+        try:
+            token = self.tokens(GRAPH_SCOPE)
+        except TokenError as exc:
+            detail, fix = _token_failure(str(exc), self.settings.teams_token_endpoint)
+            self.add(GRAPH, "Graph token", FAIL, detail, fix)
+            return
+        try:
+            # Our own token, read to see what was granted: no signature to check here.
+            claims = jwt.decode(token, options={"verify_signature": False})
+        except jwt.PyJWTError as exc:
+            self.add(GRAPH, "Graph token", WARN, f"could not read the token's roles ({exc})")
+            return
+        roles = claims.get("roles") or []
+        granted = sorted(str(role) for role in roles) if isinstance(roles, list) else []
+        missing = [name for name in self.needed if name not in granted]
+        self.graph.update(granted=granted, missing=missing)
+        for name in missing:
+            self.add(
+                GRAPH,
+                name,
+                FAIL,
+                f"not granted; needed for {GRAPH_PURPOSES.get(name, 'what the bot does in Teams')}",
+                GRAPH_FIX.format(permission=name),
+            )
+        if not missing:
+            self.add(
+                GRAPH,
+                "needed permissions",
+                OK,
+                f"all {len(self.needed)} application permissions the bot uses are granted: "
+                f"{', '.join(self.needed)}",
+            )
+
+    # --- the support channel ------------------------------------------------------------------
+
+    def check_support_channel(self, token_works: bool) -> None:
+        channel = self.settings.teams_support_channel.strip()
+        subject = "MOBILIZE_TEAMS_SUPPORT_CHANNEL"
+        if not channel:
+            self.add(
+                TEAMS_SUPPORT,
+                subject,
+                WARN,
+                "not set: “Ask a person” in Teams has nowhere to post questions",
+                ADD_TO_TEAM_FIX.replace("; and check the id", "; put its id there"),
+            )
+            return
+        if not TEAMS_CHANNEL.fullmatch(channel):
+            self.add(
+                TEAMS_SUPPORT,
+                subject,
+                FAIL,
+                f"{channel!r} is not a Teams channel id (19:…@thread.tacv2)",
+                "channel → ⋯ → Get link to channel: the id is the part after /channel/, "
+                "URL-decoded",
+            )
+            return
+        known = self._known(channel)
+        if known is None:
+            return
+        place, teams = known
+        if place is not None:
+            name = f" ({place.name})" if place.name else ""
+            self.add(
+                TEAMS_SUPPORT,
+                channel,
+                OK,
+                f"the bot has heard from this channel{name}: it is in the channel's team",
+            )
+            return
+        if not teams:
+            self.add(
+                TEAMS_SUPPORT,
+                channel,
+                FAIL,
+                "the bot has not been added to the channel's team: it has heard from no team "
+                "at all",
+                ADD_TO_TEAM_FIX,
+            )
+            return
+        if not token_works:
+            self.add(
+                TEAMS_SUPPORT,
+                channel,
+                SKIP,
+                f"not confirmed: the bot has not heard from this channel, and without a token it "
+                f"cannot list the channels of the {len(teams)} team(s) it is in",
+            )
+            return
+        seen: list[str] = []
+        for team_id, service_url in teams:
+            body, note = self._connector(service_url, f"v3/teams/{team_id}/conversations")
+            listed = body.get("conversations") if isinstance(body, dict) else None
+            names = {
+                str(entry.get("id")): str(entry.get("name") or "General")
+                for entry in listed or []
+                if isinstance(entry, dict)
+            }
+            seen.append(f"{team_id}: {note or f'{len(names)} channels, not this one'}")
+            if channel in names:
+                details, _ = self._connector(service_url, f"v3/teams/{team_id}")
+                team = details.get("name") if isinstance(details, dict) else None
+                self.add(
+                    TEAMS_SUPPORT,
+                    channel,
+                    OK,
+                    f"{names[channel]}, a channel of the team {team or team_id}, which the "
+                    "bot is in (it has not heard from the channel itself yet)",
+                )
+                return
+        self.add(
+            TEAMS_SUPPORT,
+            channel,
+            FAIL,
+            "the bot does not know this channel: it has not been added to the channel's team, "
+            f"or the id is wrong (teams it knows: {'; '.join(seen)})",
+            ADD_TO_TEAM_FIX,
+        )
+
+    def _known(self, channel: str) -> tuple[Any, list[tuple[str, str]]] | None:
+        """The channel's `teams_conversation` row (or None) and the teams the bot has heard
+        from (id, service URL); None (with a failed check) when the database cannot
+        be read."""
+        from sqlalchemy.exc import SQLAlchemyError
+        from sqlmodel import Session, col, select
+
+        from bot.channels.teams.refs import load_place
+        from bot.store.db import make_engine
+        from bot.store.models import TeamsConversation
+
+        path = self.settings.sqlite_path
+        if path is not None and not path.exists():
+            self.add(
+                TEAMS_SUPPORT,
+                channel,
+                FAIL,
+                f"no database at {path}: the bot has not run here yet, so it cannot have been "
+                "added to the channel's team (check DATABASE_URL)",
+                "start the bot (`mobilize run --http`), then "
+                + ADD_TO_TEAM_FIX.removeprefix("in "),
+            )
+            return None
+        engine = make_engine(self.settings.database_url)
+        try:
+            with Session(engine) as session:
+                place = load_place(session=session, conversation_id=channel)
+                rows = session.exec(
+                    select(TeamsConversation)
+                    .where(
+                        col(TeamsConversation.team_id) != "", TeamsConversation.service_url != ""
+                    )
+                    .order_by(col(TeamsConversation.updated_at).desc())
+                ).all()
+        except SQLAlchemyError as exc:
+            reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+            self.add(
+                TEAMS_SUPPORT,
+                channel,
+                FAIL,
+                f"could not read the bot's conversations from the database: {reason}",
+                "check DATABASE_URL; `mobilize db upgrade` creates the tables",
+            )
+            return None
+        finally:
+            engine.dispose()
+        teams: dict[str, str] = {}  # team id -> its latest service URL
+        for row in rows:  # the newest first
+            teams.setdefault(row.team_id, row.service_url)
+        return place, list(teams.items())
+
+    def _connector(self, service_url: str, path: str) -> tuple[Any, str]:
+        """GET a Bot Connector path (ids in it are quoted) with the bot's token: the JSON
+        answer and "", or None and what went wrong."""
+        import httpx
+
+        quoted = "/".join(quote(part, safe="") for part in path.split("/"))
+        url = f"{service_url.rstrip('/')}/{quoted}"
+        try:
+            answer = httpx.get(
+                url, headers={"Authorization": f"Bearer {self.bot_token}"}, timeout=10.0
+            )
+        except httpx.HTTPError as exc:
+            return None, f"not reachable ({type(exc).__name__})"
+        try:
+            body = answer.json()
+        except ValueError:
+            body = None
+        if answer.status_code != 200:
+            error = body.get("error") if isinstance(body, dict) else None
+            code = error.get("code") if isinstance(error, dict) else ""
+            return None, f"{answer.status_code} {code or ''}".strip()
+        return body, ""
+
+
+def _token_failure(message: str, url: str) -> tuple[str, str]:
+    """A TokenError's message without Entra's trace ids, and what to do about it."""
+    detail = message.split(" Trace ID:")[0].rstrip()
+    code = re.search(r"AADSTS(\d+)", message)
+    if code and code.group(1) in AADSTS_FIX:
+        fix = AADSTS_FIX[code.group(1)]
+    elif "unreachable" in message:
+        fix = (
+            f"check the network (the bot must reach {url} over HTTPS) and TEAMS_TOKEN_URL "
+            "(leave it unset outside tests)"
+        )
+    else:
+        fix = f"check TEAMS_APP_ID, TEAMS_APP_PASSWORD and TEAMS_TENANT_ID ({REGISTRATION})"
+    return f"{detail} (from {url})", fix
+
+
+def _get_json(url: str) -> tuple[Any, str]:
+    """A JSON document and "", or None and what went wrong."""
+    import httpx
+
+    try:
+        answer = httpx.get(url, timeout=10.0)
+    except httpx.HTTPError as exc:
+        return None, f"could not reach {url} ({type(exc).__name__})"
+    if answer.status_code != 200:
+        return None, f"{url} answered {answer.status_code}"
+    try:
+        return answer.json(), ""
+    except ValueError:
+        return None, f"{url} did not answer JSON"
+
+
 def _uses(used_by: list[str]) -> str:
     if not used_by:
         return ""
@@ -709,7 +1189,7 @@ def _uses(used_by: list[str]) -> str:
 
 
 def diagnose(settings: Settings, *, now: datetime | None = None) -> Report:
-    """Check the Slack setup described by `settings` (see the module docstring)."""
+    """Check the Slack and Teams setup described by `settings` (see the module docstring)."""
     doctor = _Doctor(settings)
     plan = _load_plan(settings, now or datetime.now(UTC))
     if plan.errors:
@@ -723,7 +1203,9 @@ def diagnose(settings: Settings, *, now: datetime | None = None) -> Report:
             f"{shown}{more}",
             "run `mobilize check` and fix what it lists",
         )
-    if doctor.bot_token():
+    if not settings.slack_enabled and settings.teams_enabled:
+        doctor.add(BOT_TOKEN, "SLACK_BOT_TOKEN", SKIP, "not set: Teams only, Slack not checked")
+    elif doctor.bot_token():
         doctor.support_channel()
         doctor.admin_group()
         doctor.plan(plan)
@@ -731,8 +1213,13 @@ def diagnose(settings: Settings, *, now: datetime | None = None) -> Report:
     else:
         for section in (SCOPES, SUPPORT, PLAN, ADMIN, SEGMENTS):
             doctor.add(section, "—", SKIP, "not checked: the bot token does not work")
-    doctor.signing_secret()
-    doctor.app_token()
+    if settings.slack_enabled or not settings.teams_enabled:
+        doctor.signing_secret()
+        doctor.app_token()
+    if settings.teams_enabled:
+        _TeamsDoctor(settings, doctor.report).run()
+    else:
+        doctor.add(TEAMS, "TEAMS_APP_ID", SKIP, "not set: Teams is not served")
     return doctor.report
 
 

@@ -9,23 +9,43 @@ import json
 import sys
 import textwrap
 import urllib.parse
+import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine
-from sqlmodel import Session, select
+from sqlalchemy import Engine, update
+from sqlmodel import Session, col, select
 from typer.testing import CliRunner, Result
 
 from bot.channels.slack.chat import SlackChat, make_client
 from bot.cli import app, main
 from bot.config import get_settings
 from bot.core.announcements.announcer import Announcer
-from bot.service import make_announcer
+from bot.core.messages import say
+from bot.core.outbox import Budget, Limits, Outbox, SendResult
+from bot.core.outbox.outbox import (
+    ANNOUNCEMENT,
+    CANNOT_TELL,
+    IN_DOUBT,
+    LEASE,
+    SURVEY_INVITATION,
+)
+from bot.core.platforms import TEAMS
+from bot.service import connect_platforms, make_announcer
 from bot.store.db import make_engine, upgrade
-from bot.store.models import AnnouncementSend, AuditLog
-from tests.auxil.outbox import deliveries, send_row
+from bot.store.models import AnnouncementSend, AuditLog, Delivery, SurveyRun, SurveySend
+from tests.auxil.outbox import (
+    T0,
+    FakeClock,
+    RecordingSender,
+    deliveries,
+    make_send,
+    renderer,
+    send_row,
+)
 from tests.slack.fake_slack import FakeSlack
 
 GO_LIVE = date.today() + timedelta(days=10)
@@ -175,7 +195,9 @@ def running(db: Engine) -> Iterator[Announcer]:
     """The running bot's announcer (its scheduler and workers are driven by `run_bot`)."""
     settings = get_settings()
     client = make_client(token="xoxb-test-token", base_url=settings.slack_api_url, max_retries=0)
-    announcer = make_announcer(settings, db, SlackChat(client))
+    announcer = make_announcer(
+        settings, db, connect_platforms(settings, db, slack_chat=SlackChat(client))
+    )
     assert announcer.load() == []
     yield announcer
 
@@ -341,6 +363,11 @@ def test_update_recall_resend_and_cancel_say_what_they_did(
         (["preview", "nope"], "no template 'nope'"),
         (["status", "999"], "no announcement #999"),
         (["resend", "1"], "say what to resend: --failed"),
+        (["settle", "1"], "say what happened: --mark-sent (it arrived) or --resend (it did not)"),
+        (["settle", "1", "--resend", "--mark-sent"], "say what happened: --mark-sent"),
+        (["settle", "--resend"], "give delivery ids, or --all with --send ID or --survey ID"),
+        (["settle", "--all", "--resend"], "--all needs one of --send ID and --survey ID"),
+        (["settle", "1", "--send", "2", "--resend"], "--send and --survey go with --all"),
     ],
 )
 def test_bad_input_gets_a_clear_message_and_a_non_zero_exit(
@@ -367,3 +394,202 @@ def test_an_audience_slack_cannot_resolve_is_reported_without_a_traceback(
     assert "Traceback" not in captured.out + captured.err
     with Session(db) as session:
         assert session.exec(select(AnnouncementSend)).all() == []
+
+
+# --- deliveries in doubt ---------------------------------------------------------------------
+
+
+@dataclass
+class Doubt:
+    """Deliveries the outbox left `unknown`, and that outbox (to drive it afterwards)."""
+
+    outbox: Outbox
+    sender: RecordingSender
+    clock: FakeClock
+    send_id: int
+    announcement: list[int]
+    survey: list[int]
+
+
+def survey_rows(db: Engine, recipients: list[str]) -> list[int]:
+    """A run of the survey `pulse` with one pending invitation per recipient."""
+    with Session(db) as session:
+        run = SurveyRun(
+            key=f"test:{uuid.uuid4().hex}",
+            survey_id="pulse",
+            anonymity="anonymous",
+            audience="[]",
+            state="open",
+            starts_at=T0,
+            closes_at=T0 + timedelta(days=7),
+        )
+        session.add(run)
+        session.flush()
+        batch = SurveySend(
+            key=f"test:{uuid.uuid4().hex}", run_id=int(run.id or 0), kind="invitation"
+        )
+        session.add(batch)
+        session.flush()
+        rows = [
+            Delivery(
+                survey_send_id=batch.id,
+                kind=SURVEY_INVITATION,
+                platform=TEAMS,
+                recipient=recipient,
+                name="Chika Sato",
+                not_before=T0,
+                updated_at=T0,
+            )
+            for recipient in recipients
+        ]
+        session.add_all(rows)
+        session.commit()
+        return [int(row.id or 0) for row in rows]
+
+
+@pytest.fixture
+def doubt(db: Engine) -> Doubt:
+    """Two announcement deliveries and one survey invitation on Teams, made `unknown` the way
+    the core does it: each post gets no answer (in doubt), the lease runs out, and the Teams
+    sender's `find` can only say CANNOT_TELL."""
+    send_id, announcement = make_send(db, ["aad-alice", "aad-bob"], template="go-live-day")
+    with Session(db) as session:
+        session.execute(
+            update(Delivery).where(col(Delivery.send_id) == send_id).values(platform=TEAMS)
+        )
+        session.commit()
+    survey = survey_rows(db, ["aad-chika"])
+    clock = FakeClock()
+    sender = RecordingSender(clock=clock)
+    outbox = Outbox(
+        db=db,
+        senders={TEAMS: sender},
+        renderers={
+            ANNOUNCEMENT: renderer(db),
+            SURVEY_INVITATION: lambda d: say("How is it going?"),
+        },
+        limits=Limits(
+            posts_per_second=1000,
+            burst=1000,
+            edits_per_second=1000,
+            reads_per_second=1000,
+            read_burst=1000,
+        ),
+        clock=clock.now,
+        sleep=clock.sleep,
+    )
+    outbox.budget = Budget(db, clock=clock.time)
+    sender.script("post", *[SendResult(ok=False, error=IN_DOUBT)] * 3)
+    assert outbox.drain_once() == 3
+    clock.advance(LEASE.total_seconds() + 1)
+    sender.script("find", *[SendResult(ok=False, error=CANNOT_TELL)] * 3)
+    assert outbox.reconcile() == 3
+    assert {row.state for row in all_deliveries(db)} == {"unknown"}
+    return Doubt(outbox, sender, clock, send_id, announcement, survey)
+
+
+def all_deliveries(db: Engine) -> list[Delivery]:
+    with Session(db) as session:
+        return list(session.exec(select(Delivery).order_by(col(Delivery.id))).all())
+
+
+def test_unknown_lists_announcements_and_surveys_in_doubt(doubt: Doubt) -> None:
+    out = " ".join(ok("unknown").split())
+    (first, second), (third,) = doubt.announcement, doubt.survey
+    for line in (
+        f"│ {first} │ announcement #{doubt.send_id} (go-live-day) │ aad-alice │ teams │"
+        " announcement │ 2027-04-06 08:00:00 │ 1 │",
+        f"│ {second} │ announcement #{doubt.send_id} (go-live-day) │ aad-bob │ teams │",
+        f"│ {third} │ survey pulse run 1 (invitation) │ Chika Sato (aad-chika) │ teams │"
+        " survey_invitation │ 2027-04-06 08:00:00 │ 1 │",
+    ):
+        assert line in out, out
+    assert "3 in doubt." in out and "--mark-sent` (it arrived) or `--resend` (it did not)" in out
+
+    listed = json.loads(ok("unknown", "--json"))
+    assert [row["id"] for row in listed] == [first, second, third]
+    assert set(listed[0]) == {
+        "id",
+        "for",
+        "recipient",
+        "name",
+        "platform",
+        "kind",
+        "tried_at",
+        "attempts",
+    }
+    assert [
+        row["id"] for row in json.loads(ok("unknown", "--json", "--send", str(doubt.send_id)))
+    ] == [first, second]
+    assert [row["id"] for row in json.loads(ok("unknown", "--json", "--survey", "pulse"))] == [
+        third
+    ]
+    assert json.loads(ok("unknown", "--json", "--survey", "other")) == []
+
+
+def test_nothing_in_doubt(db: Engine) -> None:
+    assert ok("unknown").strip() == "No deliveries in doubt."
+
+
+def test_settle_mark_sent_records_them_and_sends_nothing(db: Engine, doubt: Doubt) -> None:
+    first, second = doubt.announcement
+    out = ok("settle", str(first), str(doubt.survey[0]), "--mark-sent", "--yes", "--by", "U3")
+    assert f"#{first}: unknown → sent (not sent again)" in out
+    assert f"#{doubt.survey[0]}: unknown → sent (not sent again)" in out
+    assert "2 deliveries recorded as sent." in out
+    states = {row.id: (row.state, row.error) for row in all_deliveries(db)}
+    assert states[first] == states[doubt.survey[0]] == ("sent", "in_doubt:marked_sent")
+    assert states[second] == ("unknown", "in_doubt")
+    with Session(db) as session:
+        (entry,) = session.exec(select(AuditLog)).all()
+    assert (entry.actor, entry.action) == ("U3", "announce.settle")
+    assert entry.detail == f"mark sent: 2 in doubt: #{first}, #{doubt.survey[0]}"
+    posted = len(doubt.sender.attempts)
+    doubt.outbox.drain_once()
+    assert len(doubt.sender.attempts) == posted  # never resent
+
+
+def test_settle_resend_asks_first_then_the_outbox_sends_again(db: Engine, doubt: Doubt) -> None:
+    first, second = doubt.announcement
+    declined = CliRunner().invoke(app, ["announce", "settle", str(first), "--resend"], input="n\n")
+    assert declined.exit_code == 1
+    assert (
+        "Send this delivery again? Whoever did get a message will have it twice." in declined.output
+    )
+    assert "Nothing changed." in declined.output
+    assert {row.state for row in all_deliveries(db)} == {"unknown"}
+
+    agreed = CliRunner().invoke(app, ["announce", "settle", str(first), "--resend"], input="y\n")
+    assert agreed.exit_code == 0, agreed.output
+    assert f"#{first}: unknown → pending: the running bot sends it again" in agreed.output
+    assert "1 delivery queued again for the running bot to send." in agreed.output
+    with Session(db) as session:
+        (entry,) = session.exec(select(AuditLog)).all()
+    assert entry.action == "announce.settle" and entry.actor.startswith("cli:")
+    assert entry.detail == f"resend: 1 in doubt: #{first}"
+
+    doubt.outbox.drain_once()
+    assert [post.delivery_id for post in doubt.sender.posts] == [first]
+    states = {row.id: row.state for row in all_deliveries(db)}
+    assert (states[first], states[second]) == ("sent", "unknown")
+
+
+def test_settle_all_of_one_send_or_survey(db: Engine, doubt: Doubt) -> None:
+    out = ok("settle", "--all", "--send", str(doubt.send_id), "--mark-sent", "--yes")
+    assert "2 deliveries recorded as sent." in out
+    out = ok("settle", "--all", "--survey", "pulse", "--resend", "--yes")
+    assert "1 delivery queued again for the running bot to send." in out
+    states = {row.id: row.state for row in all_deliveries(db)}
+    assert [states[i] for i in doubt.announcement] == ["sent", "sent"]
+    assert states[doubt.survey[0]] == "pending"
+
+
+def test_settle_leaves_rows_that_are_not_in_doubt_alone(db: Engine, doubt: Doubt) -> None:
+    first, _ = doubt.announcement
+    ok("settle", str(first), "--mark-sent", "--yes")
+    result = mobilize("settle", str(first), "999", "--resend", "--yes")
+    assert result.exit_code == 1
+    assert f"Not in doubt, left alone: #{first} (sent), #999 (no such delivery)" in result.output
+    assert "Nothing to settle." in result.output
+    with Session(db) as session:
+        assert len(session.exec(select(AuditLog)).all()) == 1

@@ -1,5 +1,6 @@
-"""`mobilize doctor` through Typer's CliRunner against the strict loopback Slack: what an
-installer sees for each thing that can be wrong, and what to do about it."""
+"""`mobilize doctor` through Typer's CliRunner against the strict loopback Slack and Teams
+(identity, Graph, Bot Connector): what an installer sees for each thing that can be wrong, and
+what to do about it."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from sqlalchemy import Engine
 from typer.testing import CliRunner, Result
 
 from bot.channels.slack.scopes import (
@@ -19,9 +21,13 @@ from bot.channels.slack.scopes import (
     configured_uses,
     needed_scopes,
 )
+from bot.channels.teams.refs import References
 from bot.cli import app
-from bot.config import get_settings
+from bot.config import get_settings, load_settings
+from bot.doctor import diagnose
+from bot.store.db import make_engine, upgrade
 from tests.slack.fake_slack import APP_TOKEN, BOT_TOKEN, FakeSlack
+from tests.teams.fake_connector import FakeTeams
 
 ROOT = Path(__file__).resolve().parent.parent
 GO_LIVE = date.today() + timedelta(days=10)
@@ -548,3 +554,314 @@ def test_no_signing_secret_in_socket_mode_is_a_warning(slack: FakeSlack, doctor:
     result = doctor(slack, SLACK_SIGNING_SECRET=None)
     assert result.exit_code == 0, result.output
     assert "! SLACK_SIGNING_SECRET: not set: fine in Socket Mode" in result.stdout
+
+
+# --- Microsoft Teams ----------------------------------------------------------------------
+
+TEAMS_ONLY: dict[str, str | None] = {
+    "SLACK_BOT_TOKEN": None,
+    "SLACK_APP_TOKEN": None,
+    "SLACK_SIGNING_SECRET": None,
+}
+NO_SLACK = "http://127.0.0.1:9/"  # never asked: Slack is not configured in these runs
+
+
+@pytest.fixture
+def teams() -> Iterator[FakeTeams]:
+    with FakeTeams() as fake:
+        yield fake
+
+
+@pytest.fixture
+def teams_db(database_url: str) -> Iterator[Engine]:
+    """The bot's database, migrated, with no Teams conversation yet."""
+    engine = make_engine(database_url)
+    upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+def support_channel(teams: FakeTeams, name: str = "rollout-support") -> str:
+    return teams.directory.channel(teams.directory.team("fernhill"), name).id
+
+
+def added_to_team(teams: FakeTeams, db: Engine) -> None:
+    """What the bot keeps when it is added to the team fernhill (its General channel)."""
+    References(db).observe(teams.installation_update_activity(team="fernhill"))
+
+
+def teams_env(teams: FakeTeams, database_url: str, **env: str | None) -> dict[str, str | None]:
+    values: dict[str, str | None] = {
+        **teams.settings(),
+        "MOBILIZE_TEAMS_SUPPORT_CHANNEL": support_channel(teams),
+        "DATABASE_URL": database_url,
+    }
+    values.update(env)
+    return values
+
+
+def by_section(result: Result, section: str) -> dict[str, dict[str, str]]:
+    return {c["subject"]: c for c in checks(result) if c["section"] == section}
+
+
+def test_teams_all_good_next_to_slack(
+    slack: FakeSlack, teams: FakeTeams, teams_db: Engine, database_url: str, doctor: Doctor
+) -> None:
+    added_to_team(teams, teams_db)
+    env = teams_env(teams, database_url)
+    result = doctor(slack, **env)
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "✗" not in out and "All good." in out
+    for line in (
+        "✓ SLACK_BOT_TOKEN: works",
+        f"✓ TEAMS_APP_ID: a GUID ({teams.app_id})",
+        f"✓ TEAMS_TENANT_ID: a GUID ({teams.tenant_id})",
+        "✓ TEAMS_APP_PASSWORD: set (",
+        f"✓ client credentials: works: a Bot Framework token for app {teams.app_id} from "
+        f"{teams.identity.token_url}",
+        f"✓ OpenID metadata: read from {teams.identity.openid_metadata_url}",
+        "✓ signing keys: 2 keys, 1 endorsed for msteams: requests from Teams can be authenticated",
+        "✓ needed permissions: all 3 application permissions the bot uses are granted",
+        f"✓ {support_channel(teams)}: rollout-support, a channel of the team Fernhill Logistics, which the bot is in",
+    ):
+        assert line in out, out
+    # Read only: tokens, metadata, keys and one channel list; nothing posted anywhere.
+    assert {call.operation for call in teams.calls} == {"GetTeamChannels", "GetTeamDetails"}
+    scopes = [call.body["scope"] for call in teams.identity.calls_to("Token")]
+    assert scopes == [
+        "https://api.botframework.com/.default",
+        "https://graph.microsoft.com/.default",
+    ]
+    assert teams.graph.calls == []
+
+    data = json.loads(doctor(slack, "--json", **env).stdout)
+    assert data["ok"] is True
+    assert data["teams"]["app_id"] == teams.app_id
+    assert data["teams"]["graph"]["missing"] == []
+    assert set(data["teams"]["graph"]["needed"]) <= set(data["teams"]["graph"]["granted"])
+    sections = {c["section"] for c in data["checks"]}
+    assert {
+        "Teams settings",
+        "Teams bot token",
+        "Teams incoming requests",
+        "Microsoft Graph permissions",
+        "Teams support channel",
+    } <= sections
+
+
+def test_a_support_channel_the_bot_has_heard_from(
+    teams: FakeTeams, teams_db: Engine, database_url: str, doctor: Doctor
+) -> None:
+    """A row for the channel itself (a message from it reached the bot): no connector call."""
+    activity = teams.channel_message_activity("alice", "hello", channel="rollout-support")
+    References(teams_db).observe(activity)
+    result = doctor(NO_SLACK, **TEAMS_ONLY, **teams_env(teams, database_url))
+    assert result.exit_code == 0, result.output
+    assert "– SLACK_BOT_TOKEN: not set: Teams only, Slack not checked" in result.stdout
+    assert "SLACK_SIGNING_SECRET" not in result.stdout
+    assert (
+        f"✓ {support_channel(teams)}: the bot has heard from this channel (rollout-support)"
+        in result.stdout
+    )
+    assert teams.calls_to("GetTeamChannels") == []
+
+
+def test_a_wrong_teams_password_quotes_entra(
+    teams: FakeTeams, teams_db: Engine, database_url: str, doctor: Doctor
+) -> None:
+    added_to_team(teams, teams_db)
+    env = teams_env(teams, database_url, TEAMS_APP_PASSWORD="not-the-secret")
+    result = doctor(NO_SLACK, "--json", **TEAMS_ONLY, **env)
+    assert result.exit_code == 1
+    problems = failed(result)
+    token = problems["client credentials"]
+    assert "(invalid_client): AADSTS7000215: Invalid client secret provided" in token["detail"]
+    assert "Trace ID" not in token["detail"]
+    assert "Certificates & secrets → New client secret" in token["fix"]
+    assert "Value (not the Secret ID)" in token["fix"]
+    graph = by_section(result, "Microsoft Graph permissions")
+    assert graph["—"]["status"] == "skip"
+    # Without a token the connector cannot be asked: the channel is not confirmed.
+    (channel,) = by_section(result, "Teams support channel").values()
+    assert channel["status"] == "skip"
+    assert "cannot list the channels of the 1 team(s) it is in" in channel["detail"]
+    # Incoming requests are checked with public keys: still fine.
+    assert by_section(result, "Teams incoming requests")["signing keys"]["status"] == "ok"
+
+
+def test_a_secret_id_in_place_of_the_password(
+    teams: FakeTeams, teams_db: Engine, database_url: str, doctor: Doctor
+) -> None:
+    secret_id = "9b2f6c1e-7a3d-4e5f-8a9b-0c1d2e3f4a5b"
+    env = teams_env(teams, database_url, TEAMS_APP_PASSWORD=secret_id)
+    result = doctor(NO_SLACK, **TEAMS_ONLY, **env)
+    assert result.exit_code == 1
+    out = result.stdout
+    assert "! TEAMS_APP_PASSWORD: is a GUID: that looks like the client secret's Secret ID" in out
+    assert (
+        "✗ client credentials: token endpoint refused the bot's credentials (invalid_client)" in out
+    )
+
+
+def test_a_wrong_tenant(
+    teams: FakeTeams, teams_db: Engine, database_url: str, doctor: Doctor
+) -> None:
+    """The bot's token endpoint is the tenant's: a wrong tenant id is named by Entra."""
+    other = "33333333-3333-4333-8333-333333333333"
+    token_url = teams.identity.token_url.replace(teams.tenant_id, other)
+    env = teams_env(teams, database_url, TEAMS_TENANT_ID=other, TEAMS_TOKEN_URL=token_url)
+    result = doctor(NO_SLACK, "--json", **TEAMS_ONLY, **env)
+    assert result.exit_code == 1
+    token = failed(result)["client credentials"]
+    assert f"(invalid_request): AADSTS90002: Tenant '{other}' not found." in token["detail"]
+    assert "TEAMS_TENANT_ID" in token["fix"]
+
+
+def test_incomplete_teams_settings(
+    teams: FakeTeams, teams_db: Engine, database_url: str, doctor: Doctor
+) -> None:
+    env = teams_env(teams, database_url, TEAMS_APP_PASSWORD=None, TEAMS_TENANT_ID=None)
+    result = doctor(NO_SLACK, "--json", **TEAMS_ONLY, **env)
+    assert result.exit_code == 1
+    problems = failed(result)
+    assert problems["TEAMS_APP_PASSWORD"]["detail"] == "not set"
+    assert "Certificates & secrets" in problems["TEAMS_APP_PASSWORD"]["fix"]
+    assert problems["TEAMS_TENANT_ID"]["detail"] == "not set"
+    assert "Tenant ID" in problems["TEAMS_TENANT_ID"]["fix"]
+    skipped = by_section(result, "Teams bot token")["—"]
+    assert skipped["detail"] == "not checked: the Teams settings are incomplete"
+    assert teams.identity.calls_to("Token") == []
+
+
+def test_teams_metadata_unreachable(
+    teams: FakeTeams, teams_db: Engine, database_url: str, doctor: Doctor
+) -> None:
+    added_to_team(teams, teams_db)
+    with FakeTeams() as gone:
+        metadata = gone.identity.openid_metadata_url
+    # Stopped: nothing listens on its port any more.
+    env = teams_env(teams, database_url, TEAMS_OPENID_METADATA_URL=metadata)
+    result = doctor(NO_SLACK, **TEAMS_ONLY, **env)
+    assert result.exit_code == 1
+    out = result.stdout
+    assert f"✗ OpenID metadata: could not reach {metadata} (ConnectError)" in out
+    assert "✗ signing keys: could not reach http://127.0.0.1:" in out
+    assert "allow login.botframework.com through the proxy or firewall" in out
+    assert "✓ client credentials: works" in out  # checked on its own
+
+
+def test_teams_keys_not_endorsed_for_msteams(
+    teams: FakeTeams, teams_db: Engine, database_url: str, doctor: Doctor
+) -> None:
+    added_to_team(teams, teams_db)
+    teams.identity.fail("Keys", 200, {"keys": [{"kid": "k1", "endorsements": ["skype"]}]})
+    result = doctor(NO_SLACK, **TEAMS_ONLY, **teams_env(teams, database_url))
+    assert result.exit_code == 1
+    assert "✗ signing keys: none of the 1 keys at" in result.stdout
+    assert "every request from Teams would be refused" in result.stdout
+
+
+def test_a_missing_graph_permission(
+    teams: FakeTeams, teams_db: Engine, database_url: str, doctor: Doctor
+) -> None:
+    added_to_team(teams, teams_db)
+    teams.identity.revoke("TeamsAppInstallation.ReadWriteSelfForUser.All")
+    result = doctor(NO_SLACK, "--json", **TEAMS_ONLY, **teams_env(teams, database_url))
+    assert result.exit_code == 1
+    problems = failed(result)
+    assert set(problems) == {"TeamsAppInstallation.ReadWriteSelfForUser.All"}
+    problem = problems["TeamsAppInstallation.ReadWriteSelfForUser.All"]
+    assert problem["detail"].startswith("not granted; needed for installing the app for people")
+    assert (
+        "Application permissions → TeamsAppInstallation.ReadWriteSelfForUser.All"
+        in (problem["fix"])
+    )
+    assert "Grant admin consent" in problem["fix"]
+    data = json.loads(result.stdout)
+    assert data["teams"]["graph"]["missing"] == ["TeamsAppInstallation.ReadWriteSelfForUser.All"]
+
+
+def test_no_graph_permission_at_all(
+    teams: FakeTeams, teams_db: Engine, database_url: str, doctor: Doctor
+) -> None:
+    """No admin consent yet: the token carries no roles."""
+    added_to_team(teams, teams_db)
+    teams.identity.revoke(*teams.identity.graph_permissions)
+    result = doctor(NO_SLACK, "--json", **TEAMS_ONLY, **teams_env(teams, database_url))
+    assert set(failed(result)) == {
+        "User.Read.All",
+        "GroupMember.Read.All",
+        "TeamsAppInstallation.ReadWriteSelfForUser.All",
+    }
+
+
+def test_a_support_channel_the_bot_does_not_know(
+    teams: FakeTeams, teams_db: Engine, database_url: str, doctor: Doctor
+) -> None:
+    """The bot was never added to the support team: no row, and no known team lists it."""
+    result = doctor(NO_SLACK, **TEAMS_ONLY, **teams_env(teams, database_url))
+    assert result.exit_code == 1
+    out = result.stdout
+    channel = support_channel(teams)
+    assert (
+        f"✗ {channel}: the bot has not been added to the channel's team: it has heard from no "
+        "team at all"
+    ) in out
+    assert "fix: in Teams, add Mobilize to the team that holds the support channel" in out
+
+
+def test_a_support_channel_in_a_team_the_bot_left(
+    teams: FakeTeams, teams_db: Engine, database_url: str, doctor: Doctor
+) -> None:
+    added_to_team(teams, teams_db)
+    teams.directory.team("fernhill").app_installed = False  # removed from the team since
+    result = doctor(NO_SLACK, "--json", **TEAMS_ONLY, **teams_env(teams, database_url))
+    assert result.exit_code == 1
+    problem = failed(result)[support_channel(teams)]
+    assert ": 403 BotNotInConversationRoster)" in problem["detail"]
+
+
+def test_a_missing_teams_support_channel_is_a_warning(
+    teams: FakeTeams, teams_db: Engine, database_url: str, doctor: Doctor
+) -> None:
+    env = teams_env(teams, database_url, MOBILIZE_TEAMS_SUPPORT_CHANNEL=None)
+    result = doctor(NO_SLACK, **TEAMS_ONLY, **env)
+    assert result.exit_code == 0, result.output
+    assert "! MOBILIZE_TEAMS_SUPPORT_CHANNEL: not set: “Ask a person” in Teams has nowhere" in (
+        result.stdout
+    )
+    assert "All good (1 warning)." in result.stdout
+
+
+def test_malformed_teams_ids(
+    teams: FakeTeams, teams_db: Engine, database_url: str, content: Path
+) -> None:
+    """The settings loader refuses these already (`Settings problem`, exit 2); the doctor
+    says the same of settings made some other way."""
+    values = {**teams_env(teams, database_url), "MOBILIZE_CONTENT_DIR": str(content)}
+    settings = load_settings(**values, **dict.fromkeys(TEAMS_ONLY, ""))
+    settings.teams_tenant_id = "fernhill.onmicrosoft.com"
+    settings.teams_support_channel = "#rollout-support"
+    report = diagnose(settings)
+    problems = {c.subject: c for c in report.problems}
+    assert problems["TEAMS_TENANT_ID"].detail == "'fernhill.onmicrosoft.com' is not a GUID"
+    assert "Microsoft Entra ID → Overview → Tenant ID" in problems["TEAMS_TENANT_ID"].fix
+    channel = problems["MOBILIZE_TEAMS_SUPPORT_CHANNEL"]
+    assert channel.detail == "'#rollout-support' is not a Teams channel id (19:…@thread.tacv2)"
+    assert "Get link to channel" in channel.fix
+
+
+def test_no_database_yet(teams: FakeTeams, tmp_path: Path, doctor: Doctor) -> None:
+    env = teams_env(teams, f"sqlite:///{tmp_path / 'none.db'}")
+    result = doctor(NO_SLACK, **TEAMS_ONLY, **env)
+    assert result.exit_code == 1
+    assert "no database at" in result.stdout and "the bot has not run here yet" in result.stdout
+    assert not (tmp_path / "none.db").exists()  # the doctor does not create one
+
+
+def test_every_graph_permission_the_bot_uses_is_explained() -> None:
+    from bot.channels.teams.directory import GRAPH_PERMISSIONS
+    from bot.doctor import GRAPH_PURPOSES
+
+    assert set(GRAPH_PURPOSES) == set(GRAPH_PERMISSIONS)
