@@ -213,8 +213,8 @@ def check() -> None:
 
 @app.command()
 def doctor(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """Check the Slack setup: tokens, signing secret, scopes, channels and groups; exits
-    non-zero when something needs fixing, and says how."""
+    """Check the Slack and Teams setup: tokens, secrets, scopes and permissions, channels and
+    groups; exits non-zero when something needs fixing, and says how."""
     from bot.doctor import diagnose, render
 
     report = diagnose(_settings())

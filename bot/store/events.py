@@ -2,9 +2,10 @@
 
 Slack retries an event it got no quick 200 for (after about 1 and 5 minutes), with the same
 `event_id`; the Bot Framework may deliver a Teams activity again (keyed `teams:` + a hash of
-its conversation and activity ids). The ledger is claimed before an event is handled and marked handled after its
-answer is posted. A retry of a handled event is dropped; a retry of an event claimed but never
-handled (the process died in between) is handled again, once the claim is `stale`.
+its conversation and activity ids). The ledger is claimed before an event is handled and
+marked handled after its answer is posted. A retry of a handled event is dropped; a retry of an
+event claimed but never handled (the process died in between) is handled again, once the claim
+is `stale`.
 """
 
 from __future__ import annotations

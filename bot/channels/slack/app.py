@@ -18,7 +18,6 @@ from sqlalchemy import Engine
 
 from bot.channels.slack.chat import SlackChat, call, slack_error_code
 from bot.channels.slack.clicks import ACKS_FIRST, Confirmations, respond
-from bot.store.events import EventLedger
 from bot.channels.slack.render import action_id_of, to_blocks, to_payload
 from bot.channels.slack.text import parse, question
 from bot.core import messages as m
@@ -29,6 +28,7 @@ from bot.core.faq.gaps import picks
 from bot.core.messages import Address, Message, Posted
 from bot.core.surveys.runs import SurveyClosed, SurveyDesk
 from bot.metrics import DUPLICATES, EVENTS, SLACK_ERRORS
+from bot.store.events import EventLedger
 
 log = logging.getLogger(__name__)
 # Message subtypes that are something a person said; every other subtype (edits, deletions,

@@ -237,7 +237,7 @@ class Announcer:
 
     def status(self, send_id: int) -> dict[str, object]:
         """The JSON status of a send: id, state, total, pending, sent, failed, skipped,
-        acknowledged, failures by Slack error code."""
+        acknowledged, deleted, unknown (in doubt), failures by the platform's error code."""
         with Session(self.db) as session:
             send = session.get(AnnouncementSend, send_id)
             if send is None:
@@ -263,6 +263,7 @@ class Announcer:
             "skipped": found.get("skipped", 0) + found.get("cancelled", 0),
             "acknowledged": found["acknowledged"],
             "deleted": found.get("deleted", 0),
+            "unknown": found.get("unknown", 0),  # in doubt: `mobilize announce unknown`
             "failures": dict(failures.most_common()),
             "excluded": len(excluded),
             "outside": [str(who) for who, reason in excluded if reason == NOT_IN_CHANNEL],

@@ -457,6 +457,17 @@ class Outbox:
             delivery = session.get(Delivery, delivery_id)
         if delivery is None or not delivery.op:
             return "gone"
+        if not delivery.ts:
+            # Recorded as sent by an operator after a post in doubt: where it landed is not
+            # known, so it cannot be edited or deleted; say so on the row.
+            with Session(self.db) as session:
+                session.execute(
+                    update(Delivery)
+                    .where(col(Delivery.id) == delivery_id)
+                    .values(op="", op_not_before=None, error=f"{delivery.op}:message_unknown")
+                )
+                session.commit()
+            return "message_unknown"
         sender = self._sender(delivery)
         edits = self._bucket(delivery.platform, "edits")
         self._wait_for_budget(edits, self.limits_for(delivery.platform).edits_per_second, 1.0)

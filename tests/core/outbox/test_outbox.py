@@ -573,3 +573,25 @@ def test_an_unknown_row_can_be_marked_sent(db: Engine, clock: FakeClock) -> None
         session.commit()
     outbox.drain_once()
     assert sender.posts == [] and delivery(db, row_id).state == "sent"
+
+
+def test_a_copy_recorded_as_sent_by_an_operator_cannot_be_edited_and_says_so(
+    db: Engine, outbox: Outbox, sender: RecordingSender, clock: FakeClock
+) -> None:
+    # After a post in doubt on a platform that cannot read back, an operator recorded the row
+    # as sent: where the message is, is not known, so an update or recall cannot reach it.
+    send_id, (row_id,) = make_send(db, ["U1"])
+    with Session(db) as session:
+        row = session.get(Delivery, row_id)
+        assert row is not None
+        row.state, row.error = "unknown", "in_doubt"
+        session.add(row)
+        session.commit()
+        resolve_unknown(session=session, delivery_ids=[row_id], resend=False, now=clock.now())
+        session.commit()
+    assert committed(db, request_edit, send_id=send_id, op="update", now=clock.now()) == 1
+    while outbox.drain_once():
+        pass
+    row = delivery(db, row_id)
+    assert (row.state, row.op, row.error) == ("sent", "", "update:message_unknown")
+    assert sender.updates == [] and sender.posts == []
