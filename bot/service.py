@@ -20,6 +20,7 @@ from bot.channels.slack.directory import SlackDirectory
 from bot.channels.slack.sender import SlackSender, outbox_client
 from bot.channels.slack.server import HttpServer, WebApp
 from bot.config import Settings
+from bot.console import build_console
 from bot.core.announcements.announcer import Announcer
 from bot.core.announcements.audience import Directories, Directory
 from bot.core.content import ContentError, ContentErrors
@@ -194,6 +195,7 @@ class Service:
         if errors:
             raise ContentErrors(errors)
         self.admins = Admins(self.client, users=settings.admin_ids, group=settings.admin_group)
+        self.console = build_console(self)  # the comms lead's web console at /console
         self.app = build_app(
             client=self.client,
             signing_secret=settings.slack_signing_secret,
@@ -203,6 +205,7 @@ class Service:
             admins=self.admins,
             announcer=self.announcer,
             surveys=self.surveys.desk,
+            console=self.console.links.reply,
         )
         self.teams: TeamsEndpoint | None = None
         if self.platforms.teams is not None:  # Teams at POST /api/messages, next to Slack's
@@ -216,6 +219,7 @@ class Service:
                 chat=self.platforms.teams.chat,
                 announcer=self.announcer,
                 surveys=self.surveys.desk,
+                console=self.console.links.reply,
             )
         self._stop = threading.Event()
         self.scheduler: BackgroundScheduler | None = None
@@ -302,7 +306,7 @@ class Service:
 
     def http_server(self, *, port: int, host: str = "0.0.0.0") -> HttpServer:
         slack = self.app if self.settings.slack_enabled else None
-        web = WebApp(slack, ready=self.ready.is_set, teams=self.teams)
+        web = WebApp(slack, ready=self.ready.is_set, teams=self.teams, console=self.console)
         return HttpServer(web, host=host, port=port)
 
     def stop(self) -> None:

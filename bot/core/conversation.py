@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Container
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 
 from bot.core import messages as m
@@ -74,8 +74,10 @@ class Conversation:
         announcer: Announcer | None = None,
         surveys: SurveyDesk | None = None,
         support_channels: Container[str] = frozenset(),
+        console: Callable[[str], Message] | None = None,
     ) -> None:
         self.desk = desk
+        self.console = console  # an admin's `console`: a one-time sign-in link (bot.console)
         self.support_channel = support_channel
         self.support_channels = support_channels
         self.admins = admins
@@ -102,6 +104,10 @@ class Conversation:
         a question in a 1:1 chat or a mention. Anything else is not for the bot."""
         words = said.words
         command = words.lower()
+        if said.direct and self.console is not None and command == "console":
+            EVENTS.labels(kind="console").inc()
+            chat.post(Address(said.channel), self.console(said.user_id))
+            return
         if said.direct and self.surveys is not None and command in SURVEY_WORDS:
             EVENTS.labels(kind="survey_pause").inc()
             surveys = self.surveys

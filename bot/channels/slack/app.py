@@ -7,6 +7,7 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
@@ -46,6 +47,7 @@ def build_app(
     admins: Admins | frozenset[str] = frozenset(),
     announcer: Announcer | None = None,
     surveys: SurveyDesk | None = None,
+    console: Callable[[str], m.Message] | None = None,
 ) -> App:
     """A Bolt app answering DMs, mentions and /ask, with feedback, escalation and App Home."""
     app = App(
@@ -67,6 +69,7 @@ def build_app(
         admins=admins,
         announcer=announcer,
         surveys=surveys,
+        console=console,
     )
 
     @app.middleware

@@ -21,14 +21,22 @@ class WebApp:
     """A WSGI app: Bolt for Slack's requests, plus health and metrics for operators."""
 
     def __init__(
-        self, app: App | None, *, ready: Callable[[], bool], teams: WsgiApp | None = None
+        self,
+        app: App | None,
+        *,
+        ready: Callable[[], bool],
+        teams: WsgiApp | None = None,
+        console: WsgiApp | None = None,
     ) -> None:
         self.slack = SlackRequestHandler(app) if app is not None else None  # None: no Slack
         self.ready = ready
         self.teams = teams  # Teams activities at POST /api/messages (bot.channels.teams.app)
+        self.console = console  # the comms lead's console under /console (bot.console)
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "GET")
+        if self.console is not None and (path == "/console" or path.startswith("/console/")):
+            return self.console(environ, start_response)
         if path == "/api/messages" and method == "POST" and self.teams is not None:
             return self.teams(environ, start_response)
         if path == "/slack/events" and method == "POST" and self.slack is not None:

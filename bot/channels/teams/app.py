@@ -471,6 +471,7 @@ def build_endpoint(
     chat: TeamsChat | None = None,
     announcer: Announcer | None = None,
     surveys: SurveyDesk | None = None,
+    console: Callable[[str], Message] | None = None,
 ) -> TeamsEndpoint:
     """The Teams endpoint from settings: its own support desk (tickets go to
     MOBILIZE_TEAMS_SUPPORT_CHANNEL) on the shared knowledge base and database; with the
@@ -485,6 +486,7 @@ def build_endpoint(
         admins=settings.admin_ids,
         announcer=announcer,
         surveys=surveys,
+        console=console,
     )
     auth = ActivityAuthenticator(
         app_id=settings.teams_app_id, openid_metadata_url=settings.teams_openid_metadata_url
