@@ -21,7 +21,9 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as dtime
+from pathlib import Path
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
@@ -74,11 +76,23 @@ from bot.core.announcements.templates import (
     parse_template,
     render,
 )
+from bot.core.faq.desk import FaqDesk
+from bot.core.faq.gaps import gap_questions, group_gaps, picks
+from bot.core.faq.kb import FaqEntry
+from bot.core.outbox.outbox import resolve_unknown
 from bot.core.surveys.definitions import LIKERT_LABELS
+from bot.core.surveys.definitions import runs as survey_runs
 from bot.core.surveys.report import SUPPRESSED, ResultsNotReady, run_results, runs_of
 from bot.core.surveys.runner import SurveyRunner
 from bot.store.audit import record
-from bot.store.models import AnnouncementSend, Delivery, SurveyInvitation, SurveyResponse
+from bot.store.models import (
+    AnnouncementSend,
+    AuditLog,
+    Delivery,
+    QuestionLog,
+    SurveyInvitation,
+    SurveyResponse,
+)
 
 log = logging.getLogger(__name__)
 PREFIX = "/console"
@@ -87,6 +101,9 @@ PUBLIC = frozenset({"static", "signin", "signin_post"})
 ACTIVE = frozenset({"planned", "resolving", "sending"})
 AUDIENCE_SECONDS = 60.0  # a resolved audience is reused this long (Slack's listing is Tier 2)
 NAME_SECONDS = 600.0
+TIMELINE_MARGIN_DAYS = 30  # the timeline shows this long before the first milestone and after
+TIMELINE_ROWS = 1000
+GAP_GROUPS = 20  # groups of the gap report shown, as `mobilize faq gaps`
 
 StartResponse = Callable[..., Any]
 WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -128,6 +145,7 @@ class ConsoleService(Protocol):
     db: Engine
     announcer: Announcer
     surveys: SurveyRunner
+    desk: FaqDesk
 
 
 class AdminRule:
@@ -153,6 +171,44 @@ class Resolved:
     parts: list[str]
     audience: Audience | None
     error: str
+
+
+@dataclass(frozen=True)
+class TimelineEvent:
+    """One row of the timeline: a milestone, an announcement or a survey run's opening."""
+
+    day: date  # in the rollout's zone
+    kind: str  # milestone | announcement | survey
+    name: str
+    note: str
+    past: bool
+    time: str = ""  # HH:MM in the rollout's zone, or the wall-clock time of a local_time one
+
+
+KIND_ORDER = {"milestone": 0, "announcement": 1, "survey": 2}
+
+
+def _nearest(event: TimelineEvent, milestones: dict[str, date]) -> str:
+    """Where an announcement or a run sits against the nearest milestone, e.g. "3 days
+    before go_live"."""
+    if event.kind == "milestone" or not milestones:
+        return ""
+    name, day = min(milestones.items(), key=lambda item: (abs((item[1] - event.day).days), item[1]))
+    gap = (event.day - day).days
+    if gap == 0:
+        return f"on {name}"
+    unit = "day" if abs(gap) == 1 else "days"
+    return f"{abs(gap)} {unit} {'after' if gap > 0 else 'before'} {name}"
+
+
+@dataclass(frozen=True)
+class EntryRow:
+    """A knowledge-base entry as its page lists it."""
+
+    entry: FaqEntry
+    asked: int  # times it was the answer
+    overdue: bool  # its review date has passed
+    file: str  # its file, relative to the content folder
 
 
 def _sanitize(value: str, limit: int = 100) -> str:
@@ -431,6 +487,84 @@ def create_app(console: Console) -> Flask:
         surveys = _survey_rows(console)
         open_runs = [row for row in surveys if row["state"] == "open"]
         return page("dashboard.html", planned=planned, recent=recent, open_runs=open_runs, now=now)
+
+    # --- timeline ---------------------------------------------------------------------------
+
+    @app.get("/timeline")
+    def timeline() -> tuple[str, int]:
+        """The milestones, and the announcements and survey runs planned around them, from
+        the same plan functions as `mobilize announce plan` (`occurrences`) and the survey
+        runner (`runs`)."""
+        content = console.announcer.content
+        rollout = content.rollout
+        zone = rollout.zone
+        now = console.clock()
+        today = rollout.today(now)
+        days = sorted(rollout.milestones.values())
+        first = min([today, *days[:1]])
+        last = max([today, *days[-1:]])
+        start = datetime.combine(first - timedelta(days=TIMELINE_MARGIN_DAYS), dtime(), zone)
+        end = datetime.combine(last + timedelta(days=TIMELINE_MARGIN_DAYS + 1), dtime(), zone)
+        events: list[TimelineEvent] = [
+            TimelineEvent(day, "milestone", name, "", day < today)
+            for name, day in rollout.milestones.items()
+        ]
+        for occurrence in occurrences(content.plan, rollout, start=start, end=end):
+            announcement = content.plan.get(occurrence.announcement_id)
+            if announcement is None:
+                continue
+            when = occurrence.local if announcement.local_time else occurrence.due_utc
+            moment = when if announcement.local_time else when.astimezone(zone)
+            note = f"{announcement.template} to {', '.join(announcement.audience)}"
+            if announcement.local_time:
+                note += " · on each person's own clock"
+            events.append(
+                TimelineEvent(
+                    moment.date(),
+                    "announcement",
+                    announcement.id,
+                    note,
+                    occurrence.due_utc < now,
+                    f"{moment:%H:%M}",
+                )
+            )
+        for schedule in console.service.surveys.schedules:
+            for run in survey_runs(schedule, rollout, start=start, end=end):
+                opens = run.starts_utc.astimezone(zone)
+                closes = run.closes_utc.astimezone(zone)
+                reminders = ", ".join(f"{r.astimezone(zone):%d %b}" for r in run.reminders_utc)
+                note = f"to {', '.join(schedule.audience)} · open until {closes:%a %d %b %H:%M}"
+                if reminders:
+                    note += f" · reminders {reminders}"
+                events.append(
+                    TimelineEvent(
+                        opens.date(),
+                        "survey",
+                        schedule.survey,
+                        note,
+                        run.closes_utc < now,
+                        f"{opens:%H:%M}",
+                    )
+                )
+        events.sort(key=lambda e: (e.day, KIND_ORDER[e.kind], e.time, e.name))
+        events = events[:TIMELINE_ROWS]
+        months: list[tuple[str, list[dict[str, Any]]]] = []
+        for event in events:
+            label = f"{event.day:%B %Y}"
+            if not months or months[-1][0] != label:
+                months.append((label, []))
+            months[-1][1].append({"event": event, "near": _nearest(event, rollout.milestones)})
+        return page(
+            "timeline.html",
+            months=months,
+            today=today,
+            zone=rollout.timezone,
+            start=start.date(),
+            end=(end - timedelta(days=1)).date(),
+            milestones=len(rollout.milestones),
+            announcements=sum(1 for e in events if e.kind == "announcement"),
+            survey_runs=sum(1 for e in events if e.kind == "survey"),
+        )
 
     # --- templates --------------------------------------------------------------------------
 
@@ -724,6 +858,7 @@ def create_app(console: Console) -> Flask:
             left=left,
             advice=LEFT_OUT_ADVICE,
             labels=REASONS,
+            in_doubt=_in_doubt(db, send_id),
         )
 
     @app.get("/sends/<int:send_id>/progress")
@@ -772,6 +907,58 @@ def create_app(console: Console) -> Flask:
             headers={"Content-Disposition": f'attachment; filename="announcement-{send_id}.csv"'},
         )
 
+    @app.post("/sends/<int:send_id>/settle")
+    def settle(send_id: int) -> Redirect | tuple[str, int]:
+        """An admin's decision on deliveries in doubt, as `mobilize announce settle` takes it:
+        the rows are re-read (and locked on PostgreSQL), settled and audited in one
+        transaction, so two admins deciding at once cannot both act on a row."""
+        _status(send_id)
+        signed: SignedIn = g.signed
+        decision = request.form.get("decision", "")
+        if decision not in {"sent", "resend"}:
+            flash("Not done: say whether it arrived (Record as sent) or not (Send again).", "error")
+            return redirect(url_for("send_page", send_id=send_id), 303)
+        chosen: list[int] = []
+        for value in request.form.getlist("delivery"):
+            try:
+                chosen.append(int(value))
+            except ValueError:
+                continue
+        resend = decision == "resend"
+        now = console.clock()
+        with Session(db) as work:
+            query = select(Delivery.id).where(
+                Delivery.send_id == send_id, col(Delivery.state) == "unknown"
+            )
+            if chosen:
+                query = query.where(col(Delivery.id).in_(chosen))
+            if db.dialect.name == "postgresql":
+                query = query.with_for_update()
+            locked = [int(i) for i in work.exec(query).all() if i is not None]
+            changed = (
+                resolve_unknown(session=work, delivery_ids=locked, resend=resend, now=now)
+                if locked
+                else 0
+            )
+            if changed:
+                shown = ", ".join(f"#{i}" for i in locked[:50]) + (" …" if len(locked) > 50 else "")
+                work.add(
+                    AuditLog(
+                        actor=signed.user_id,
+                        action="announce.settle",
+                        detail=f"{'resend' if resend else 'mark sent'}: {changed} in doubt: "
+                        f"{shown} (console)",
+                    )
+                )
+            work.commit()
+        if not changed:
+            flash("Nothing to settle: those deliveries are no longer in doubt.", "error")
+        elif resend:
+            flash(f"{changed} in doubt of #{send_id} queued again; the running bot sends them.")
+        else:
+            flash(f"{changed} in doubt of #{send_id} recorded as sent; not sent again.")
+        return redirect(url_for("send_page", send_id=send_id), 303)
+
     @app.post("/sends/<int:send_id>/<action>")
     def send_action(send_id: int, action: str) -> Redirect | tuple[str, int]:
         _status(send_id)
@@ -801,6 +988,52 @@ def create_app(console: Console) -> Flask:
         record(db, actor=signed.user_id, action=audit, detail=f"{detail} (console)")
         flash(done)
         return redirect(url_for("send_page", send_id=send_id), 303)
+
+    # --- knowledge base ---------------------------------------------------------------------
+
+    @app.get("/knowledge")
+    def knowledge() -> tuple[str, int]:
+        """The FAQ entries with owner and review date (overdue first), and the gap report of
+        `mobilize faq gaps` through the same core functions."""
+        desk = console.service.desk
+        kb = desk.engine.state.kb
+        today = console.clock().astimezone(console.zone).date()
+        with Session(db) as work:
+            asked = {
+                str(entry_id): int(count)
+                for entry_id, count in work.exec(
+                    select(QuestionLog.entry_id, func.count())
+                    .where(col(QuestionLog.entry_id).is_not(None))
+                    .group_by(QuestionLog.entry_id)
+                ).all()
+            }
+        entries = [
+            EntryRow(
+                entry=entry,
+                asked=asked.get(entry.id, 0),
+                overdue=entry.review_by is not None and entry.review_by < today,
+                file=_relative(entry.path, settings.content_dir),
+            )
+            for entry in kb.entries.values()
+        ]
+        entries.sort(
+            key=lambda e: (
+                not e.overdue,
+                e.entry.review_by is None,
+                e.entry.review_by or today,
+                e.entry.id,
+            )
+        )
+        gaps = group_gaps(gap_questions(db), embedder=desk.engine.embedder)[:GAP_GROUPS]
+        return page(
+            "knowledge.html",
+            entries=entries,
+            overdue=sum(1 for e in entries if e.overdue),
+            unowned=sum(1 for e in entries if not e.entry.owner),
+            gaps=gaps,
+            picked=picks(db)[:GAP_GROUPS],
+            today=today,
+        )
 
     # --- surveys ----------------------------------------------------------------------------
 
@@ -893,6 +1126,28 @@ def _progress(console: Console, send_id: int) -> dict[str, Any]:
         for code, count in failures.items()
     ]
     return status
+
+
+def _relative(path: Path | None, root: Path) -> str:
+    if path is None:
+        return ""
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return path.name
+
+
+def _in_doubt(db: Engine, send_id: int, limit: int = 500) -> list[Delivery]:
+    """A send's deliveries in doubt (`unknown`: posted on Teams, no answer), oldest first."""
+    with Session(db) as work:
+        return list(
+            work.exec(
+                select(Delivery)
+                .where(Delivery.send_id == send_id, col(Delivery.state) == "unknown")
+                .order_by(col(Delivery.id))
+                .limit(limit)
+            ).all()
+        )
 
 
 def _recent_sends(console: Console, *, limit: int) -> list[dict[str, Any]]:

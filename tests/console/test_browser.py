@@ -230,4 +230,12 @@ def test_a_comms_leads_day(served: tuple[Service, str, Any], browser: Any) -> No
     wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "svg.chart")) == 7)
     assert "eNPS" in browser.page_source and "More floorwalkers" in browser.page_source
     shoot(browser, "10-results")
-    assert len(list(OUTPUT.glob("*.png"))) == 20
+
+    # The timeline and the knowledge base.
+    browser.find_element(By.LINK_TEXT, "Timeline").click()
+    wait(browser, lambda d: "milestone" in text_of(d, "main") and "go_live" in d.page_source)
+    shoot(browser, "11-timeline")
+    browser.find_element(By.LINK_TEXT, "Knowledge base").click()
+    wait(browser, lambda d: "What it is missing" in d.page_source)
+    shoot(browser, "12-knowledge")
+    assert len(list(OUTPUT.glob("*.png"))) == 24
