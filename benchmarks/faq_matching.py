@@ -22,7 +22,7 @@ questions through two fresh matchers over the same knowledge-base vectors, ONNX 
 cmp_p99_ms) and the PyTorch encoder (base_p50_ms, base_p99_ms), interleaved, so the ratio holds
 on a noisy machine (`--no-baseline` skips it).
 
-`--fit` reproduces how matcher.py's SEMANTIC_*/LEXICAL_* constants were chosen: every
+`--fit` reproduces how bot/core/faq/combine.py's SEMANTIC/LEXICAL weights were chosen: every
 training phrasing of the four knowledge bases is held out once (5 folds) and ranked against a
 matcher built without it; the weights maximise the held-out likelihood of the right entry (and
 of "none of these" for phrasings of the other dataset). The test questions are not used.
@@ -51,7 +51,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from bot.core.faq import matcher as matcher_module
+from bot.core.faq.combine import SIZE_RANGE
 from bot.core.faq.embed import (
     DEFAULT_MODEL,
     CachedEmbedder,
@@ -184,7 +184,7 @@ def run_one(
     matcher = Matcher(entries, embedder=embedder)
     build_s = time.perf_counter() - started
     started = time.perf_counter()
-    policy = calibrate(entries, embedder=embedder)  # reuses the matcher just built
+    policy = calibrate(entries, embedder=embedder, matcher=matcher)  # its vectors reused
     calibrate_s = time.perf_counter() - started
     load_before = os.getloadavg()[0]
     report = evaluate(cases, matcher=matcher, policy=policy)
@@ -288,28 +288,29 @@ def held_out_signals(
     """Signals of every phrasing ranked against a matcher built without its fold, and of the
     out-of-scope questions ranked against the first fold's matcher (lexical signals only
     unless `semantic`)."""
-    labels = matcher._labels
-    vectors = matcher._phrasing_vectors() if semantic else None
+    labels = matcher.phrasing_entries
+    vectors = matcher.phrasing_vectors if semantic else None
     oos_vectors = oos_vectors if semantic else None
+    texts = matcher.phrasings
     rng = np.random.default_rng(seed)
     assign = np.empty(labels.size, dtype=np.int64)
-    for start, size in zip(matcher._starts.tolist(), matcher._sizes.tolist(), strict=True):
+    start = 0
+    for size in matcher.entry_sizes.tolist():
         assign[start : start + size] = rng.permutation(size) % folds
+        start += size
     parts: list[tuple[F32, F64, npt.NDArray[np.int64]]] = []
     oos_part: HeldOutSignals | None = None
     for fold in range(folds):
         held = np.flatnonzero(assign == fold)
-        sub = matcher._subset(assign != fold)
-        sizes = np.repeat(sub._sizes[None, :].astype(np.float64), held.size, axis=0)
-        signals, _ = sub._features(
-            [matcher._texts[i] for i in held], None if vectors is None else vectors[held]
-        )
+        sub = matcher.subset(assign != fold)
+        sizes = np.repeat(sub.entry_sizes[None, :].astype(np.float64), held.size, axis=0)
+        signals = sub.signals([texts[i] for i in held], None if vectors is None else vectors[held])
         parts.append((signals, sizes, labels[held]))
         if oos_part is None:
-            oos_signals, _ = sub._features(oos, oos_vectors)
+            oos_signals = sub.signals(oos, oos_vectors)
             oos_part = HeldOutSignals(
                 oos_signals.astype(np.float64),
-                np.repeat(sub._sizes[None, :].astype(np.float64), len(oos), axis=0),
+                np.repeat(sub.entry_sizes[None, :].astype(np.float64), len(oos), axis=0),
                 np.full(len(oos), -1, dtype=np.int64),
             )
     assert oos_part is not None
@@ -326,7 +327,7 @@ def held_out_signals(
 def _design(part: HeldOutSignals) -> F64:
     """Per (question, class) features for the conditional-logit fit: [signals, signals·g, 0]
     for entries, [0, 0, 1] for the extra "none of these" class."""
-    low, high = matcher_module.SIZE_RANGE
+    low, high = SIZE_RANGE
     g = np.log(np.clip(part.sizes, low, high) / 10.0)[:, :, None]
     n, e, k = part.signals.shape
     design = np.zeros((n, e + 1, 2 * k + 1))
@@ -408,9 +409,11 @@ def run_fit(data: Path, embedder: Embedder | None) -> None:
         theta = fit_weights(groups)
         k = (theta.size - 1) // 2
         weights, slopes, none = theta[:k], theta[k : 2 * k], float(theta[-1])
-        print(f"{name}_WEIGHTS = {tuple(round(float(v), 3) for v in weights)}")
-        print(f"{name}_SLOPES = {tuple(round(float(v), 3) for v in slopes)}")
-        print(f"{name}_NONE = {round(none, 3)}")
+        print(f"{name} = Combiner(")
+        print(f"    weights={tuple(round(float(v), 3) for v in weights)},")
+        print(f"    slopes={tuple(round(float(v), 3) for v in slopes)},")
+        print(f"    none={round(none, 3)},")
+        print(")")
         for (part, _), (dataset, kb) in zip(
             groups, [(d, b) for d in DATASETS for b in KBS], strict=True
         ):

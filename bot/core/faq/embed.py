@@ -13,6 +13,8 @@ export subprocess and by `load_torch_embedder`, the reference the tests compare 
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import logging
 import os
 import threading
@@ -49,6 +51,22 @@ def normalise_rows(vectors: npt.ArrayLike) -> npt.NDArray[np.float32]:
     norms = np.linalg.norm(array, axis=1, keepdims=True)
     array /= np.maximum(norms, np.float32(1e-12))
     return array
+
+
+@functools.cache
+def _malloc_trim() -> Any:
+    try:  # the symbols already loaded into the process (libc's, on Linux)
+        return getattr(ctypes.CDLL(None), "malloc_trim", None)
+    except (OSError, TypeError):
+        return None
+
+
+def release_free_memory() -> None:
+    """Hand the C heap's free pages back to the system (glibc's malloc_trim; elsewhere a
+    no-op), so the process's memory is what it uses, not what it once used."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 @runtime_checkable

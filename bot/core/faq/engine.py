@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 from bot.core.content import ContentError, ContentErrors, Rollout
-from bot.core.faq.embed import Embedder
+from bot.core.faq.embed import Embedder, release_free_memory
 from bot.core.faq.kb import KnowledgeBase, load_content
 from bot.core.faq.matcher import Matcher
 from bot.core.faq.policy import Decision, Policy, calibrate
@@ -95,6 +95,7 @@ class FaqEngine:
                         learned=state.learned | extra,
                     )
             self._state = state
+        release_free_memory()  # what building and calibrating the matcher needed for a while
         log.info("knowledge base loaded: %d entries, semantic=%s", len(kb), state.matcher.semantic)
         return []
 
@@ -102,7 +103,7 @@ class FaqEngine:
         learned = self.learned_alternates()
         phrasings = kb.phrasings(learned)
         matcher = Matcher(phrasings, embedder=self.embedder)
-        policy = calibrate(phrasings, embedder=self.embedder)
+        policy = calibrate(phrasings, embedder=self.embedder, matcher=matcher)
         return FaqState(rollout, kb, matcher, policy, now, frozenset(learned))
 
     def learned_alternates(self) -> list[tuple[str, str]]:

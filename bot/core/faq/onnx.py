@@ -40,6 +40,7 @@ from bot.core.faq.embed import (
     clip_text,
     default_model_cache,
     normalise_rows,
+    release_free_memory,
 )
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,9 @@ _POOLING_FLAGS = {  # 1_Pooling/config.json's flags → mode
 # most BATCH_TOKENS word pieces with padding. Small batches also keep the peak memory low.
 BATCH_SIZE = 16
 BATCH_TOKENS = 512
+# Arena chunks a batched run grew are handed back after it (the knowledge base is encoded in
+# batches once per reload; questions, one at a time, reuse a small arena).
+_SHRINK_ARENA = ("memory.enable_memory_arena_shrinkage", "cpu:0")
 
 
 class ExportUnavailable(Exception):
@@ -181,6 +185,7 @@ class OnnxEmbedder:
         tokenizer.no_padding()
         tokenizer.enable_truncation(max_length=self.max_length)
         self.dim = int(session.get_outputs()[0].shape[-1])
+        self._batch_options: Any = None
 
     @classmethod
     def from_dir(cls, folder: Path, *, name: str, threads: int | None = None) -> OnnxEmbedder:
@@ -204,7 +209,13 @@ class OnnxEmbedder:
             str(folder / MODEL_FILE), sess_options=options, providers=["CPUExecutionProvider"]
         )
         tokenizer = Tokenizer.from_file(str(folder / TOKENIZER_FILE))
-        return cls(session, tokenizer, manifest, name=name)
+        embedder = cls(session, tokenizer, manifest, name=name)
+        embedder._batch_options = ort.RunOptions()
+        embedder._batch_options.add_run_config_entry(*_SHRINK_ARENA)
+        # Loading parsed the whole model file into memory and freed it: ~20 MB that the C
+        # allocator keeps unless asked to return it.
+        release_free_memory()
+        return embedder
 
     def encode(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         if not texts:
@@ -223,11 +234,12 @@ class OnnxEmbedder:
         while start < len(order):
             width = max(len(encodings[order[start]].ids), 1)
             rows = order[start : start + max(1, min(BATCH_SIZE, BATCH_TOKENS // width))]
-            out[rows] = self._forward([encodings[i] for i in rows])
+            out[rows] = self._forward([encodings[i] for i in rows], self._batch_options)
             start += len(rows)
+        release_free_memory()
         return out
 
-    def _forward(self, encodings: Sequence[Any]) -> npt.NDArray[np.float32]:
+    def _forward(self, encodings: Sequence[Any], options: Any = None) -> npt.NDArray[np.float32]:
         width = max(len(e.ids) for e in encodings)
         feeds = {
             name: np.zeros((len(encodings), width), dtype=np.int64)
@@ -238,7 +250,7 @@ class OnnxEmbedder:
             feeds["input_ids"][row, :size] = encoding.ids
             feeds["attention_mask"][row, :size] = encoding.attention_mask
             feeds["token_type_ids"][row, :size] = encoding.type_ids
-        tokens = self.session.run(None, {name: feeds[name] for name in self.inputs})[0]
+        tokens = self.session.run(None, {name: feeds[name] for name in self.inputs}, options)[0]
         return normalise_rows(pool(tokens, feeds["attention_mask"], self.pooling))
 
 

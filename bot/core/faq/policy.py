@@ -141,13 +141,14 @@ def calibrate(
 
     Each fold's phrasings are ranked against a matcher built without them (no re-encoding:
     the embeddings are reused). Folds are evaluated until ENOUGH_HELDOUT phrasings have been
-    ranked, so a 10,000-phrasing knowledge base costs one fold (~2 s). Pass the serving `matcher` if
-    you have it, or it is reused when one was just built from the same arguments; entries
-    with a single phrasing are never held out. Too few held-out phrasings → DEFAULT_POLICY.
+    ranked, so a 10,000-phrasing knowledge base costs one fold (~2 s). Pass the serving
+    `matcher` built from `entries` when you have it, else one is built (embedding `entries`
+    through `embedder`); entries with a single phrasing are never held out. Too few held-out
+    phrasings → DEFAULT_POLICY.
     """
     started = time.perf_counter()
     if matcher is None:
-        matcher = Matcher.reuse(entries, embedder=embedder)
+        matcher = Matcher(entries, embedder=embedder)
     held = held_out(matcher, folds=folds, seed=seed)
     if held.top_scores.size < MIN_HELDOUT:
         log.info(
@@ -169,36 +170,48 @@ def calibrate(
     return policy
 
 
-def held_out(matcher: Matcher, *, folds: int = 5, seed: int = 0) -> HeldOut:
-    """Rank held-out phrasings of `matcher`'s knowledge base against matchers without them."""
-    labels = matcher._labels
-    vectors = matcher._phrasing_vectors()
+def fold_assignment(
+    sizes: npt.NDArray[np.int64], folds: int, seed: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """(fold of each phrasing, -1 when never held out; the order to visit the folds in).
+
+    Phrasings are grouped by entry with `sizes` phrasings each; an entry's phrasings are spread
+    over the folds so that every fold leaves it at least one, and single phrasings stay in."""
     rng = np.random.default_rng(seed)
-    folds = max(2, folds)
-    assignment = np.full(labels.size, -1, dtype=np.int64)
-    for start, size in zip(matcher._starts.tolist(), matcher._sizes.tolist(), strict=True):
+    assignment = np.full(int(sizes.sum()), -1, dtype=np.int64)
+    start = 0
+    for size in sizes.tolist():
         if size >= 2:
-            # Spread each entry's phrasings over the folds: every fold leaves it at least one.
             offset = int(rng.integers(folds))
             assignment[start : start + size] = (rng.permutation(size) + offset) % folds
+        start += size
+    return assignment, rng.permutation(folds)
+
+
+def held_out(matcher: Matcher, *, folds: int = 5, seed: int = 0) -> HeldOut:
+    """Rank held-out phrasings of `matcher`'s knowledge base against matchers without them."""
+    labels = matcher.phrasing_entries
+    vectors = matcher.phrasing_vectors
+    texts = matcher.phrasings
+    folds = max(2, folds)
+    assignment, order = fold_assignment(matcher.entry_sizes, folds, seed)
     scores: list[npt.NDArray[np.float64]] = []
     correct: list[npt.NDArray[np.bool_]] = []
     in_top3: list[npt.NDArray[np.bool_]] = []
     total = 0
-    for fold in rng.permutation(folds):
+    for fold in order:
         if total >= ENOUGH_HELDOUT:
             break
         held = np.flatnonzero(assignment == fold)
         if held.size == 0:
             continue
-        sub = matcher._subset(assignment != fold)
-        texts = [matcher._texts[i] for i in held]
-        probs = sub._score(texts, None if vectors is None else vectors[held]).probs
-        order = np.argsort(-probs, axis=1)[:, :3]
+        sub = matcher.subset(assignment != fold)
+        probs = sub.score([texts[i] for i in held], None if vectors is None else vectors[held])
+        top = np.argsort(-probs, axis=1)[:, :3]
         truth = labels[held]
-        scores.append(probs[np.arange(len(texts)), order[:, 0]].astype(np.float64))
-        correct.append(order[:, 0] == truth)
-        in_top3.append((order == truth[:, None]).any(axis=1))
+        scores.append(probs[np.arange(held.size), top[:, 0]].astype(np.float64))
+        correct.append(top[:, 0] == truth)
+        in_top3.append((top == truth[:, None]).any(axis=1))
         total += held.size
     if not scores:
         empty = np.zeros(0, dtype=np.bool_)

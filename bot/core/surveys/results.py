@@ -35,8 +35,6 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from scipy import stats
-
 from bot.core.surveys.definitions import ADKAR
 
 ALPHA = 0.05  # the significance level for flagging a change
@@ -182,6 +180,8 @@ def trend(
     enough = min(len(before), len(after)) >= max(2, min_group)
     spread = len(set(before)) > 1 or len(set(after)) > 1
     if enough and spread:
+        from scipy import stats  # ~1 s and ~60 MB: imported when a report needs it
+
         with warnings.catch_warnings():
             # scipy warns about precision when one sample has no spread; the result is right.
             warnings.simplefilter("ignore", RuntimeWarning)
@@ -291,6 +291,8 @@ def _likert_interval(values: Sequence[int]) -> tuple[float, float] | None:
     centre = sum(padded) / len(padded)
     sd = _sd(padded)
     assert sd is not None
+    from scipy import stats
+
     half = float(stats.t.ppf((1 + CONFIDENCE) / 2, len(padded) - 1)) * sd / math.sqrt(len(padded))
     return (max(1.0, centre - half), min(5.0, centre + half))
 
@@ -305,6 +307,8 @@ def _enps_interval(points: Sequence[int]) -> tuple[float, float] | None:
     detractors = (points.count(-1) + 0.75) / total
     centre = promoters - detractors
     variance = max(0.0, promoters + detractors - centre**2) / total
+    from scipy import stats
+
     half = float(stats.norm.ppf((1 + CONFIDENCE) / 2)) * math.sqrt(variance)
     return (max(-1.0, centre - half), min(1.0, centre + half))
 

@@ -249,12 +249,54 @@ def test_questions_use_an_lru_not_the_persistent_cache() -> None:
     assert len(cache) == stored  # questions are not written to the persistent cache
 
 
-def test_reuse_returns_the_matcher_just_built() -> None:
-    embedder = HashEmbedder()
+@pytest.mark.parametrize("semantic", [True, False])
+def test_subset_is_a_matcher_on_part_of_the_phrasings(semantic: bool) -> None:
+    embedder = HashEmbedder() if semantic else None
     matcher = Matcher(ENTRIES, embedder=embedder)
-    assert Matcher.reuse(ENTRIES, embedder=embedder) is matcher
-    assert Matcher.reuse(ENTRIES, embedder=HashEmbedder()) is not matcher
-    assert Matcher.reuse(ENTRIES[:2], embedder=embedder) is not matcher
+    keep = np.ones(len(matcher), dtype=np.bool_)
+    keep[[0, 5]] = False  # "How do I reset my password?", "vpn is not connecting"
+    if embedder is not None:
+        embedder.calls.clear()
+    sub = matcher.subset(keep)
+    assert embedder is None or embedder.calls == []  # nothing is embedded again
+    assert sub.entry_ids == matcher.entry_ids
+    assert len(sub) == len(matcher) - 2
+    assert sub.phrasings == tuple(t for t, k in zip(matcher.phrasings, keep, strict=True) if k)
+    assert sub.entry_sizes.tolist() == [3, 3, 4, 4]
+    # The same as a matcher built from those phrasings alone.
+    left_out = {"How do I reset my password?", "vpn is not connecting"}
+    rebuilt = Matcher(
+        [(e, [p for p in ps if p not in left_out]) for e, ps in ENTRIES],
+        embedder=HashEmbedder() if semantic else None,
+    )
+    held = [matcher.phrasings[0], matcher.phrasings[5]]
+    vectors = None if matcher.phrasing_vectors is None else matcher.phrasing_vectors[[0, 5]]
+    np.testing.assert_allclose(sub.score(held, vectors), rebuilt.score(held, vectors), atol=1e-5)
+    assert sub.score(held, vectors).argmax(axis=1).tolist() == [0, 1]
+    assert sub.signals(held, vectors).shape == (2, len(ENTRIES), len(matcher.combiner.signals))
+
+
+def test_subset_keeps_every_entry() -> None:
+    matcher = Matcher(ENTRIES, embedder=None)
+    keep = np.ones(len(matcher), dtype=np.bool_)
+    keep[matcher.phrasing_entries == 1] = False
+    with pytest.raises(ValueError, match="at least one phrasing"):
+        matcher.subset(keep)
+    with pytest.raises(ValueError, match="shape"):
+        matcher.subset(keep[:3])
+
+
+def test_matchers_share_no_state() -> None:
+    # Two matchers over the same entries are built separately, and neither sees the other's
+    # added phrasings (no process-wide cache between them).
+    embedder = HashEmbedder()
+    first = Matcher(ENTRIES, embedder=embedder)
+    second = Matcher(ENTRIES, embedder=embedder)
+    assert first is not second
+    grown = first.with_phrasings([("training", "zyxwv badge")])
+    assert grown.rank("zyxwv")[0].entry_id == "training"
+    assert first.rank("zyxwv", k=1)[0].score == pytest.approx(second.rank("zyxwv", k=1)[0].score)
+    assert "zyxwv badge" not in first.phrasings
 
 
 def test_cached_embedder_encodes_only_missing_texts() -> None:
