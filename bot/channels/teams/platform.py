@@ -43,6 +43,9 @@ def teams_limits(settings: Settings) -> Limits:
         burst=max(2.0, rate / 10),
         edits_per_second=max(1.0, rate / 4),
         per_channel_interval=0.5,
+        # find() asks Teams nothing (it cannot read back): no budget to wait for
+        reads_per_second=rate,
+        read_burst=rate,
     )
 
 

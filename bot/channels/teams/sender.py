@@ -148,6 +148,8 @@ class TeamsSender:
     """Implements bot.core.outbox.Sender on the Bot Connector (and Graph, to install the app).
     Thread-safe; shares `chat`'s loop, tokens, References and connection pools."""
 
+    reads_back = False  # no read-back of a bot's own messages: see find()
+
     def __init__(
         self,
         *,

@@ -56,6 +56,9 @@ NOT_FOUND = "not_found"
 CANNOT_TELL = "cannot_tell"
 # The error an edit gets when the message is no longer there (a delete then counts as done).
 GONE = "message_not_found"
+# On a platform that cannot read back, a row is marked just before its post: after a crash,
+# only marked rows are in doubt; the rest of a claimed batch was never tried and goes back.
+POSTING = "posting"
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,12 @@ class Sender(Protocol):
 
 
 Renderer = Callable[[Delivery], Message]
+
+
+def reads_back(sender: Sender) -> bool:
+    """Whether the platform can look for a message after a crash (`find`); a sender says it
+    cannot with `reads_back = False` (Teams)."""
+    return bool(getattr(sender, "reads_back", True))
 
 
 class Outbox:
@@ -219,6 +228,8 @@ class Outbox:
             self._pace_channel(delivery.recipient, limits.per_channel_interval)
         if not self._renew_lease(delivery):
             return "gone"  # the lease ran out while waiting and another worker took the row
+        if not reads_back(self._sender(delivery)) and not self._mark_posting(delivery):
+            return "gone"
         result = self._sender(delivery).post(
             recipient=delivery.recipient, message=message, delivery_id=delivery_id
         )
@@ -240,6 +251,20 @@ class Outbox:
                     col(Delivery.lease_until) == delivery.lease_until,
                 )
                 .values(lease_until=self.clock() + self.lease)
+            )
+            session.commit()
+        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+    def _mark_posting(self, delivery: Delivery) -> bool:
+        with Session(self.db) as session:
+            result = session.execute(
+                update(Delivery)
+                .where(
+                    col(Delivery.id) == delivery.id,
+                    col(Delivery.state) == "sending",
+                    col(Delivery.attempts) == delivery.attempts,
+                )
+                .values(error=POSTING)
             )
             session.commit()
         return bool(result.rowcount == 1)  # type: ignore[attr-defined]
@@ -367,6 +392,11 @@ class Outbox:
         settled = 0
         for row in taken:
             assert row.id is not None
+            if not reads_back(self._sender(row)) and row.error != POSTING:
+                # Claimed in a batch but never tried before the crash: nothing can be there.
+                self._back_to_pending(row.id)
+                settled += 1
+                continue
             # The search has its own budget (conversations.open when the channel is unknown,
             # then conversations.history): when it is spent or paused by a 429, the row waits
             # in doubt and the worker goes on sending instead of waiting here.
@@ -392,13 +422,7 @@ class Outbox:
                 self._finish(row.id, state="sent", channel=found.channel, ts=found.ts)
                 log.info("delivery %s was sent before a crash: found in %s", row.id, found.channel)
             elif found.error == NOT_FOUND:
-                with Session(self.db) as session:
-                    session.execute(
-                        update(Delivery)
-                        .where(col(Delivery.id) == row.id, col(Delivery.state) == "sending")
-                        .values(state="pending", lease_until=None, updated_at=self.clock())
-                    )
-                    session.commit()
+                self._back_to_pending(row.id)
             elif found.permanent:
                 self._finish(row.id, state="failed", error=found.error)
             else:
@@ -410,6 +434,15 @@ class Outbox:
                 continue
             settled += 1
         return settled
+
+    def _back_to_pending(self, delivery_id: int) -> None:
+        with Session(self.db) as session:
+            session.execute(
+                update(Delivery)
+                .where(col(Delivery.id) == delivery_id, col(Delivery.state) == "sending")
+                .values(state="pending", lease_until=None, updated_at=self.clock())
+            )
+            session.commit()
 
     def _hold_in_doubt(self, delivery_id: int, *, seconds: float) -> None:
         """Leave a row in doubt for `seconds` more before the next search."""

@@ -15,6 +15,7 @@ from bot.core.announcements.sends import cancel, request_edit
 from bot.core.messages import Message, say
 from bot.core.outbox import (
     CANNOT_TELL,
+    IN_DOUBT,
     LEASE,
     MAX_ATTEMPTS,
     Budget,
@@ -528,6 +529,8 @@ def test_rows_of_a_platform_without_a_sender_here_are_left_alone(
 class NoReadBack(RecordingSender):
     """A platform that cannot look up what it posted (as Teams)."""
 
+    reads_back = False
+
     def find(
         self, *, recipient: str, channel: str, delivery_id: int, since: datetime
     ) -> SendResult:
@@ -539,13 +542,20 @@ def test_an_in_doubt_row_on_a_platform_without_read_back_becomes_unknown(
     db: Engine, clock: FakeClock
 ) -> None:
     sender = NoReadBack(clock=clock)
+    sender.script("post", SendResult(ok=False, error=IN_DOUBT))  # no answer came back
     outbox = make_outbox(db, sender, clock)
-    send_id, (row_id,) = make_send(db, ["U1"])
-    outbox.claim()  # claimed, then the process died mid-post
+    send_id, (row_id, untried) = make_send(db, ["U1", "U2"])
+    claimed = outbox.claim(limit=2)
+    outbox.deliver(claimed[0])  # U1's post got no answer; then the process died
     clock.advance(LEASE.total_seconds() + 1)
-    assert outbox.reconcile() == 1
+    assert outbox.reconcile() == 2
     row = delivery(db, row_id)
     assert (row.state, row.error) == ("unknown", "in_doubt")
+    # U2 was claimed in the same batch but never tried: it goes back, it is not in doubt.
+    assert delivery(db, untried).state == "pending"
+    outbox.drain_once()
+    assert [post.recipient for post in sender.posts] == ["U2"]
+    sender.posts.clear()
     outbox.drain_once()
     clock.advance(LEASE.total_seconds() + 1)
     outbox.drain_once()
@@ -563,11 +573,13 @@ def test_an_in_doubt_row_on_a_platform_without_read_back_becomes_unknown(
 
 def test_an_unknown_row_can_be_marked_sent(db: Engine, clock: FakeClock) -> None:
     sender = NoReadBack(clock=clock)
+    sender.script("post", SendResult(ok=False, error=IN_DOUBT))
     outbox = make_outbox(db, sender, clock)
     _send, (row_id,) = make_send(db, ["U1"])
-    outbox.claim()
+    outbox.drain_once()  # posted, no answer: in doubt
     clock.advance(LEASE.total_seconds() + 1)
     outbox.reconcile()
+    assert delivery(db, row_id).state == "unknown"
     with Session(db) as session:
         resolve_unknown(session=session, delivery_ids=[row_id], resend=False, now=clock.now())
         session.commit()
