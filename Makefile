@@ -44,6 +44,7 @@ bench-delivery: $(STAMP)
 	$(BIN)/python benchmarks/audience_resolution.py
 	$(BIN)/python benchmarks/delivery_fanout.py
 	$(BIN)/python benchmarks/delivery_crash.py
+	$(BIN)/python benchmarks/delivery_crash.py --platform teams --users 1000
 
 bench-surveys: $(STAMP)
 	$(BIN)/python benchmarks/survey_clicks.py

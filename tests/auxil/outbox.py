@@ -15,6 +15,7 @@ from sqlmodel import Session, col, select
 
 from bot.core.messages import Message, say
 from bot.core.outbox import Budget, Cancelled, Limits, Outbox, Renderer, SendResult
+from bot.core.platforms import is_teams_channel
 from bot.store.models import AnnouncementSend, Delivery
 
 T0 = datetime(2027, 4, 6, 8, 0, tzinfo=UTC)
@@ -169,9 +170,11 @@ def make_send(
     state: str = "sending",
     ack: bool = False,
     key: str | None = None,
+    platform: str = "slack",
 ) -> tuple[int, list[int]]:
-    """A send in `state` with one pending delivery per recipient (C… ids are channels);
-    returns the send id and the delivery ids in recipient order."""
+    """A send in `state` with one pending delivery per recipient on `platform` (C… ids are
+    Slack channels, 19:…@thread.tacv2 Teams ones); returns the send id and the delivery ids
+    in recipient order."""
     with Session(db) as session:
         send = AnnouncementSend(
             key=key or f"test:{uuid.uuid4().hex}",
@@ -189,8 +192,9 @@ def make_send(
         rows = [
             Delivery(
                 send_id=send.id,
+                platform=platform,
                 recipient=recipient,
-                target="channel" if recipient[:1] in {"C", "G"} else "dm",
+                target="channel" if _is_channel(platform, recipient) else "dm",
                 name=recipient.lower(),
                 first_name=recipient.lower(),
                 not_before=now,
@@ -202,6 +206,12 @@ def make_send(
         session.commit()
         ids = [int(row.id or 0) for row in rows]
         return send.id, ids
+
+
+def _is_channel(platform: str, recipient: str) -> bool:
+    if platform == "teams":
+        return is_teams_channel(recipient)
+    return recipient[:1] in {"C", "G"}
 
 
 def deliveries(db: Engine, send_id: int) -> list[Delivery]:
