@@ -3,7 +3,6 @@ deliveries in doubt (announcements and survey messages alike)."""
 
 from __future__ import annotations
 
-import csv
 import getpass
 import json
 import sys
@@ -293,38 +292,7 @@ def export_command(
     settings = get_settings()
     _announcer_obj, db = _announcer(settings)
     _load_send(db, send_id)
-    handle: Any = output or sys.stdout
-    writer = csv.writer(handle)
-    writer.writerow(
-        [
-            "recipient",
-            "kind",
-            "name",
-            "state",
-            "error",
-            "channel",
-            "ts",
-            "updated_at",
-            "acknowledged_at",
-        ]
-    )
-    with Session(db) as session:
-        for row in session.exec(
-            select(Delivery).where(Delivery.send_id == send_id).order_by(col(Delivery.id))
-        ):
-            writer.writerow(
-                [
-                    row.recipient,
-                    row.target,
-                    row.name,
-                    row.state,
-                    row.error,
-                    row.channel,
-                    row.ts,
-                    row.updated_at.isoformat(),
-                    row.acked_at.isoformat() if row.acked_at else "",
-                ]
-            )
+    sends.write_csv(db=db, send_id=send_id, out=output or sys.stdout)
 
 
 def _edit(send_id: int, op: str, by: str | None) -> None:
@@ -416,10 +384,9 @@ def _in_doubt(
     ids: list[int] | None = None,
     send_id: int | None = None,
     survey: str | None = None,
-    lock: bool = False,
 ) -> list[tuple[Delivery, str]]:
     """`unknown` deliveries of every kind (announcements, reminders, survey messages), each
-    with what it belongs to; `lock` holds the rows until the transaction ends."""
+    with what it belongs to."""
     from bot.store.models import SurveyRun, SurveySend
 
     query = (
@@ -436,8 +403,6 @@ def _in_doubt(
         query = query.where(col(Delivery.send_id) == send_id)
     if survey is not None:
         query = query.where(col(SurveyRun.survey_id) == survey)
-    if lock:  # PostgreSQL; SQLite has one writer at a time and resolve_unknown re-checks
-        query = query.with_for_update(of=Delivery)
     found: list[tuple[Delivery, str]] = []
     for delivery, send, survey_send, run in session.exec(query).all():
         if send is not None:
@@ -529,9 +494,8 @@ def settle_command(
 ) -> None:
     """Settle deliveries in doubt: resend them, or record them as sent. Never both, never
     silently: the rows are listed and confirmed first, and the audit log says who decided."""
-    from bot.core.outbox.outbox import resolve_unknown
+    from bot.core.outbox import settle_unknown
     from bot.service import connect
-    from bot.store.models import AuditLog
 
     if resend == mark_sent:
         raise typer.BadParameter(
@@ -578,18 +542,11 @@ def settle_command(
     chosen_ids = [int(row["id"]) for row in rows]
     now = datetime.now(UTC)
     with Session(db) as session:
-        locked = [int(d.id or 0) for d, _ in _in_doubt(session, ids=chosen_ids, lock=True)]
-        changed = resolve_unknown(session=session, delivery_ids=locked, resend=resend, now=now)
-        decision = "resend" if resend else "mark sent"
-        shown = ", ".join(f"#{i}" for i in locked[:50]) + (" …" if len(locked) > 50 else "")
-        session.add(
-            AuditLog(
-                actor=actor,
-                action="announce.settle",
-                detail=f"{decision}: {changed} in doubt: {shown}",
-            )
+        locked = settle_unknown(
+            session=session, delivery_ids=chosen_ids, resend=resend, actor=actor, now=now
         )
         session.commit()
+    changed = len(locked)
     gone = sorted(set(chosen_ids) - set(locked))
     if gone:
         console.print(

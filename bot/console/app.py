@@ -10,7 +10,6 @@ log; every action goes through the same core functions as `mobilize announce …
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import hmac
 import io
@@ -79,7 +78,7 @@ from bot.core.announcements.templates import (
 from bot.core.faq.desk import FaqDesk
 from bot.core.faq.gaps import gap_questions, group_gaps, picks
 from bot.core.faq.kb import FaqEntry
-from bot.core.outbox.outbox import resolve_unknown
+from bot.core.outbox import settle_unknown
 from bot.core.surveys.definitions import LIKERT_LABELS
 from bot.core.surveys.definitions import runs as survey_runs
 from bot.core.surveys.report import SUPPRESSED, ResultsNotReady, run_results, runs_of
@@ -87,7 +86,6 @@ from bot.core.surveys.runner import SurveyRunner
 from bot.store.audit import record
 from bot.store.models import (
     AnnouncementSend,
-    AuditLog,
     Delivery,
     QuestionLog,
     SurveyInvitation,
@@ -870,37 +868,7 @@ def create_app(console: Console) -> Flask:
     def export(send_id: int) -> Response:
         _status(send_id)
         out = io.StringIO()
-        writer = csv.writer(out)
-        writer.writerow(
-            [
-                "recipient",
-                "kind",
-                "name",
-                "state",
-                "error",
-                "channel",
-                "ts",
-                "updated_at",
-                "acknowledged_at",
-            ]
-        )
-        with Session(db) as work:
-            for delivery in work.exec(
-                select(Delivery).where(Delivery.send_id == send_id).order_by(col(Delivery.id))
-            ):
-                writer.writerow(
-                    [
-                        delivery.recipient,
-                        delivery.target,
-                        _csv_cell(delivery.name),
-                        delivery.state,
-                        delivery.error,
-                        delivery.channel,
-                        delivery.ts,
-                        delivery.updated_at.isoformat(),
-                        delivery.acked_at.isoformat() if delivery.acked_at else "",
-                    ]
-                )
+        sends.write_csv(db=db, send_id=send_id, out=out)
         return Response(
             out.getvalue(),
             mimetype="text/csv",
@@ -925,31 +893,35 @@ def create_app(console: Console) -> Flask:
             except ValueError:
                 continue
         resend = decision == "resend"
-        now = console.clock()
+        if not chosen:  # none ticked: every delivery of this send in doubt
+            with Session(db) as work:
+                chosen = [
+                    int(i)
+                    for i in work.exec(
+                        select(Delivery.id).where(
+                            Delivery.send_id == send_id, col(Delivery.state) == "unknown"
+                        )
+                    ).all()
+                    if i is not None
+                ]
         with Session(db) as work:
-            query = select(Delivery.id).where(
-                Delivery.send_id == send_id, col(Delivery.state) == "unknown"
-            )
-            if chosen:
-                query = query.where(col(Delivery.id).in_(chosen))
-            if db.dialect.name == "postgresql":
-                query = query.with_for_update()
-            locked = [int(i) for i in work.exec(query).all() if i is not None]
-            changed = (
-                resolve_unknown(session=work, delivery_ids=locked, resend=resend, now=now)
-                if locked
-                else 0
-            )
-            if changed:
-                shown = ", ".join(f"#{i}" for i in locked[:50]) + (" …" if len(locked) > 50 else "")
-                work.add(
-                    AuditLog(
-                        actor=signed.user_id,
-                        action="announce.settle",
-                        detail=f"{'resend' if resend else 'mark sent'}: {changed} in doubt: "
-                        f"{shown} (console)",
+            ours = set(
+                work.exec(
+                    select(Delivery.id).where(
+                        col(Delivery.id).in_(chosen), Delivery.send_id == send_id
                     )
+                ).all()
+            )
+            changed = len(
+                settle_unknown(
+                    session=work,
+                    delivery_ids=[i for i in chosen if i in ours],
+                    resend=resend,
+                    actor=signed.user_id,
+                    now=console.clock(),
+                    note=" (console)",
                 )
+            )
             work.commit()
         if not changed:
             flash("Nothing to settle: those deliveries are no longer in doubt.", "error")
@@ -1093,11 +1065,6 @@ def create_app(console: Console) -> Flask:
 
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _csv_cell(value: str) -> str:
-    """A name as a CSV cell a spreadsheet will not run as a formula."""
-    return "'" + value if value[:1] in {"=", "+", "-", "@"} else value
 
 
 def _when(moment: datetime | None, zone: ZoneInfo) -> str:

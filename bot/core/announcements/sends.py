@@ -9,6 +9,7 @@ window, otherwise recorded as `missed` and reported — never silently dropped.
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import uuid
@@ -16,6 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TextIO
 
 from sqlalchemy import Engine, func, update
 from sqlalchemy.exc import IntegrityError
@@ -460,3 +462,41 @@ def create_reminder(
     )
     session.flush()
     return child_id
+
+
+CSV_COLUMNS = (
+    "recipient",
+    "kind",
+    "name",
+    "state",
+    "error",
+    "channel",
+    "ts",
+    "updated_at",
+    "acknowledged_at",
+)
+
+
+def write_csv(*, db: Engine, send_id: int, out: TextIO) -> None:
+    """One CSV row per recipient of a send (`announce export`, the console's download). A
+    name starting like a formula is prefixed with ' so a spreadsheet shows it as text."""
+    writer = csv.writer(out)
+    writer.writerow(CSV_COLUMNS)
+    with Session(db) as session:
+        for row in session.exec(
+            select(Delivery).where(Delivery.send_id == send_id).order_by(col(Delivery.id))
+        ):
+            name = "'" + row.name if row.name[:1] in {"=", "+", "-", "@"} else row.name
+            writer.writerow(
+                [
+                    row.recipient,
+                    row.target,
+                    name,
+                    row.state,
+                    row.error,
+                    row.channel,
+                    row.ts,
+                    row.updated_at.isoformat(),
+                    row.acked_at.isoformat() if row.acked_at else "",
+                ]
+            )

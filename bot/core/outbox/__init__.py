@@ -25,6 +25,7 @@ from bot.core.outbox.outbox import (
     SkipDelivery,
     counts,
     resolve_unknown,
+    settle_unknown,
 )
 
 __all__ = [
@@ -51,4 +52,5 @@ __all__ = [
     "SkipDelivery",
     "counts",
     "resolve_unknown",
+    "settle_unknown",
 ]

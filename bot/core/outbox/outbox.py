@@ -29,7 +29,7 @@ from sqlmodel import Session, col, select
 
 from bot.core.messages import Message
 from bot.core.outbox.budget import Budget, Limits
-from bot.store.models import Delivery, as_utc, utcnow
+from bot.store.models import AuditLog, Delivery, as_utc, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -576,6 +576,39 @@ def resolve_unknown(
         )
     )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def settle_unknown(
+    *,
+    session: Session,
+    delivery_ids: Iterable[int],
+    resend: bool,
+    actor: str,
+    now: datetime,
+    note: str = "",
+) -> list[int]:
+    """An operator's decision on deliveries in doubt, as one operation (the caller commits):
+    the rows still `unknown` among `delivery_ids` are locked (PostgreSQL), resent or recorded
+    as sent, and the decision is audited. Returns the ids that changed; two operators
+    deciding at once cannot both act on a row."""
+    query = select(Delivery.id).where(
+        col(Delivery.id).in_(list(delivery_ids)), col(Delivery.state) == "unknown"
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update()
+    locked = sorted(int(i) for i in session.exec(query).all() if i is not None)
+    if not locked:
+        return []
+    changed = resolve_unknown(session=session, delivery_ids=locked, resend=resend, now=now)
+    shown = ", ".join(f"#{i}" for i in locked[:50]) + (" …" if len(locked) > 50 else "")
+    session.add(
+        AuditLog(
+            actor=actor[:40],
+            action="announce.settle",
+            detail=f"{'resend' if resend else 'mark sent'}: {changed} in doubt: {shown}{note}",
+        )
+    )
+    return locked
 
 
 def counts(db: Engine, send_id: int) -> dict[str, int]:
