@@ -35,6 +35,29 @@ SECRET = b"survey-test-secret"
 T0 = datetime(2027, 2, 16, 10, 0, tzinfo=UTC)  # a Tuesday
 
 # One question of every kind; min_group 3 keeps the fixtures small.
+# Four questions, one of each kind a click answers, and a comment: the end-to-end tests'.
+QUICK = """\
+title: Quick pulse
+intro: Four questions, one click each.
+anonymity: anonymous
+min_group: 2
+questions:
+  - id: ready
+    kind: likert
+    text: I feel ready for Compass.
+  - id: recommend
+    kind: enps
+    text: How likely are you to recommend Compass?
+  - id: helped
+    kind: multi
+    text: What helped?
+    options: [Guides, Champions, My manager]
+  - id: comment
+    kind: text
+    text: Anything else?
+    optional: true
+"""
+
 PULSE = """\
 title: Pulse check
 intro: Five quick questions about the move to Compass.

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-import select
 import subprocess
 import sys
 from collections import Counter
@@ -18,6 +17,7 @@ import pytest
 from sqlalchemy import Engine
 
 from tests.auxil.outbox import deliveries, make_send
+from tests.auxil.processes import wait_for_line
 from tests.slack.fake_slack import FakeSlack
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,14 +31,6 @@ RATE = 45
 pytestmark = pytest.mark.skipif(
     not os.environ.get("TEST_DATABASE_URL"), reason="needs PostgreSQL: set TEST_DATABASE_URL"
 )
-
-
-def wait_for_line(process: subprocess.Popen[str], timeout: float) -> str:
-    assert process.stdout is not None
-    ready, _, _ = select.select([process.stdout], [], [], timeout)
-    if not ready:
-        raise AssertionError(f"worker {process.pid} said nothing within {timeout}s")
-    return process.stdout.readline().strip()
 
 
 def test_three_processes_deliver_one_large_send_exactly_once(database_url: str, db: Engine) -> None:

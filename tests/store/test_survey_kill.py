@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import functools
 import random
-import select
-import signal
 import subprocess
 import sys
 import time
@@ -28,26 +26,13 @@ from sqlmodel import select as query
 from bot.core.surveys.runs import start_run
 from bot.store.models import Delivery, SurveyInvitation, SurveyRun
 from tests.auxil.loopback import LoopbackSlack
+from tests.auxil.processes import kill, wait_for_line
 from tests.auxil.surveys import SECRET, load_survey
 
 ROOT = Path(__file__).resolve().parents[2]
 USERS = 100
 KILLS = 3
 SEED = 9
-
-
-def wait_for_line(process: subprocess.Popen[str], timeout: float) -> str:
-    assert process.stdout is not None
-    ready, _, _ = select.select([process.stdout], [], [], timeout)
-    if not ready:
-        raise AssertionError(f"worker {process.pid} said nothing within {timeout}s")
-    return process.stdout.readline().strip()
-
-
-def kill(process: subprocess.Popen[str]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
 
 
 def run_state(db: Engine) -> tuple[str, int, Counter[str]]:

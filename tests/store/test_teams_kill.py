@@ -18,8 +18,6 @@ import functools
 import os
 import random
 import re
-import select
-import signal
 import subprocess
 import sys
 import time
@@ -34,6 +32,7 @@ from sqlmodel import Session
 from bot.channels.teams.refs import Person, save_person
 from bot.core.outbox import resolve_unknown
 from tests.auxil.outbox import deliveries, make_send
+from tests.auxil.processes import kill, wait_for_line
 from tests.teams.fake_connector import TENANT_ID, FakeTeams
 from tests.teams.server import Answer, Request
 
@@ -69,20 +68,6 @@ class KillableTeams(FakeTeams):
         # A sender killed mid-request leaves the answer nowhere to go: not an error here.
         if self._server is not None:
             self._server.handle_error = lambda request, client_address: None  # type: ignore[method-assign]
-
-
-def wait_for_line(process: subprocess.Popen[str], timeout: float) -> str:
-    assert process.stdout is not None
-    ready, _, _ = select.select([process.stdout], [], [], timeout)
-    if not ready:
-        raise AssertionError(f"worker {process.pid} said nothing within {timeout}s")
-    return process.stdout.readline().strip()
-
-
-def kill(process: subprocess.Popen[str]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
 
 
 def accepted(teams: FakeTeams) -> Counter[str]:

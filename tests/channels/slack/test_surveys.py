@@ -16,32 +16,11 @@ from sqlmodel import Session, select
 
 from bot.store.models import SurveyInvitation
 from tests.auxil.running import RunningBot, block_text, bot_settings, running_bot
-from tests.auxil.surveys import write
+from tests.auxil.surveys import QUICK, write
 from tests.slack.fake_slack import Call, FakeSlack
 from tests.slack.signing import FORM_CONTENT_TYPE, action_body, block_action, post, signed_headers
 
 OWNER = "U3"
-QUICK = """\
-title: Quick pulse
-intro: Four questions, one click each.
-anonymity: anonymous
-min_group: 2
-questions:
-  - id: ready
-    kind: likert
-    text: I feel ready for Compass.
-  - id: recommend
-    kind: enps
-    text: How likely are you to recommend Compass?
-  - id: helped
-    kind: multi
-    text: What helped?
-    options: [Guides, Champions, My manager]
-  - id: comment
-    kind: text
-    text: Anything else?
-    optional: true
-"""
 
 
 @pytest.fixture

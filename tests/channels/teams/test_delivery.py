@@ -25,32 +25,10 @@ from bot.store.models import Delivery
 from tests.auxil.db import committed
 from tests.auxil.outbox import deliveries
 from tests.auxil.running import bot_settings
-from tests.auxil.surveys import write
+from tests.auxil.surveys import QUICK, write
 from tests.channels.teams.conftest import button, card_text, teams_settings
 from tests.slack.fake_slack import FakeSlack
 from tests.teams.fake_connector import FakeTeams, StoredActivity
-
-QUICK = """\
-title: Quick pulse
-intro: Four questions, one click each.
-anonymity: anonymous
-min_group: 2
-questions:
-  - id: ready
-    kind: likert
-    text: I feel ready for Compass.
-  - id: recommend
-    kind: enps
-    text: How likely are you to recommend Compass?
-  - id: helped
-    kind: multi
-    text: What helped?
-    options: [Guides, Champions, My manager]
-  - id: comment
-    kind: text
-    text: Anything else?
-    optional: true
-"""
 
 
 class Bot:
