@@ -35,6 +35,7 @@ webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not in
 from selenium.common.exceptions import (  # noqa: E402
     NoSuchElementException,
     StaleElementReferenceException,
+    WebDriverException,
 )
 from selenium.webdriver.chrome.options import Options  # noqa: E402
 from selenium.webdriver.chrome.service import Service as DriverService  # noqa: E402
@@ -92,11 +93,18 @@ def browser() -> Iterator[Any]:
 
 
 def wait(driver: Any, condition: Callable[[Any], Any], seconds: float = 20) -> Any:
+    """Poll until the condition holds. While a click navigates, an element found in the old
+    page may vanish before its text is read; Chrome reports that as a stale element or as a
+    plain inspector error ("Node … does not belong to the document"), so both are retried."""
     return WebDriverWait(
         driver,
         seconds,
         poll_frequency=0.1,
-        ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
+        ignored_exceptions=(
+            NoSuchElementException,
+            StaleElementReferenceException,
+            WebDriverException,
+        ),
     ).until(condition)
 
 
