@@ -177,6 +177,11 @@ class Conversation:
             return self._support(interaction, chat)
         if interaction.action_id == m.ANNOUNCE_ACK:
             return self._acknowledge(interaction)
+        if interaction.action_id == m.CONSOLE_OPEN:
+            # Admins only; the link goes to the person's own DM, never where others see it.
+            if self.console is not None and interaction.user_id in self.admins:
+                chat.post(Address(interaction.user_id), self.console(interaction.user_id))
+            return None
         if interaction.action_id == "survey.pause" and self.surveys is not None:
             return Reply(self.surveys.pause(interaction.user_id))
         return None  # link buttons and the like: nothing to do

@@ -22,6 +22,7 @@ FAQ_NONE = "faq.none"
 FAQ_RELATED = "faq.related"
 FAQ_APPROVE = "faq.approve"
 ANNOUNCE_ACK = "announce.ack"
+CONSOLE_OPEN = "console.open"  # an admin asks for a one-time console link
 ANNOUNCE_LINK = "announce.link"  # link buttons: Slack still reports the click
 SUPPORT_CLAIM = "support.claim"
 SUPPORT_RESOLVE = "support.resolve"

@@ -27,9 +27,11 @@ from bot.core.conversation import Conversation, Said
 from bot.core.faq.desk import Asker, FaqDesk
 from bot.core.faq.gaps import picks
 from bot.core.messages import Address, Message, Posted
+from bot.core.summary import AdminSummary, admin_summary
 from bot.core.surveys.runs import SurveyClosed, SurveyDesk
 from bot.metrics import DUPLICATES, EVENTS, SLACK_ERRORS
 from bot.store.events import EventLedger
+from bot.store.models import utcnow
 
 log = logging.getLogger(__name__)
 # Message subtypes that are something a person said; every other subtype (edits, deletions,
@@ -269,6 +271,11 @@ def build_app(
         if reply is not None:
             chat.post(Address(interaction.channel_id), reply.message)
 
+    @app.action(re.compile(r"^console\.open"))
+    def on_console(ack: Ack, body: dict[str, Any], action: dict[str, Any]) -> None:
+        ack()
+        conversation.clicked(_interaction(body, action), chat)
+
     @app.action(re.compile(r"^announce\.link"))
     def on_link(ack: Ack) -> None:
         ack()  # link buttons open in the browser; Slack still tells us about the click
@@ -286,7 +293,18 @@ def build_app(
             confirmations.show(posted, reply.message, str(body.get("response_url") or ""))
 
     def publish_home(user: str) -> None:
-        home = home_message(desk, admin=user in admins)
+        admin = user in admins
+        summary = None
+        if admin:
+            rollout = announcer.content.rollout if announcer else desk.engine.state.rollout
+            summary = admin_summary(
+                db=db,
+                now=utcnow(),
+                rollout=rollout,
+                plan=announcer.content.plan if announcer else None,
+                survey_ids=frozenset(surveys.surveys()) if surveys else frozenset(),
+            )
+        home = home_message(desk, admin=admin, summary=summary, console=console is not None)
         view = {"type": "home", "blocks": [block.to_dict() for block in to_blocks(home)]}
         call(client, "views.publish", user_id=user, view=view)
 
@@ -401,9 +419,17 @@ class Admins:
             return self._members
 
 
-def home_message(desk: FaqDesk, *, admin: bool = False) -> Message:
-    """The App Home: what the bot does and the most asked questions; for admins, phrasings
-    people picked from "did you mean", each with a button to approve it as an alternate."""
+def home_message(
+    desk: FaqDesk,
+    *,
+    admin: bool = False,
+    summary: AdminSummary | None = None,
+    console: bool = False,
+) -> Message:
+    """The App Home: what the bot does and the most asked questions; for admins, the week at a
+    glance (next sends, open surveys, unanswered questions), a button that DMs a one-time
+    console link, and phrasings people picked from "did you mean", each with a button to
+    approve it as an alternate."""
     state = desk.engine.state
     lines = [
         f"*Hi! I help with the {state.rollout.name} rollout.*",
@@ -421,13 +447,18 @@ def home_message(desk: FaqDesk, *, admin: bool = False) -> Message:
             lines.append("*Try asking*\n" + "\n".join(f"• {entry.question}" for entry in sample))
     approve: tuple[m.Button, ...] = ()
     parts: list[m.Text] = []
+    if admin and summary is not None:
+        lines.append("*For admins: this week*")
+        lines.extend(summary.lines())
+    if admin and console:
+        approve += (m.Button("Open the console", m.CONSOLE_OPEN, "home"),)
     if admin:
         found = picks(desk.db)[:5]
         if found:
             lines.append("*Phrasings to approve* (people picked these from “did you mean”)")
             listing = "\n".join(f"• “{p.question[:150]}” → {p.entry_id} ×{p.count}" for p in found)
             parts.append(m.user_text(listing))
-            approve = tuple(
+            approve += tuple(
                 m.Button(f"Approve “{p.question[:40]}”", m.FAQ_APPROVE, str(p.feedback_id))
                 for p in found
             )

@@ -275,6 +275,44 @@ def test_app_home_lists_most_asked_questions(bot: RunningBot, slack: FakeSlack) 
     assert "How do I reset my Compass password?" in block_text(view["blocks"])
 
 
+def test_admin_home_summarises_the_week_and_dms_a_console_link(
+    database_url: str, content_dir: Path, slack: FakeSlack
+) -> None:
+    settings = bot_settings(
+        database_url=database_url,
+        content_dir=content_dir,
+        slack=slack,
+        MOBILIZE_PUBLIC_URL="http://console.test",
+        MOBILIZE_CONSOLE_SECRET="console-test-secret",
+    )
+    with running_bot(settings, slack) as bot:
+        _admin_home(bot, slack)
+
+
+def _admin_home(bot: RunningBot, slack: FakeSlack) -> None:
+    bot.dm(UNKNOWN, user="U7")
+    posts(slack, "DU7")
+    bot.send_event({"type": "app_home_opened", "user": ADMIN, "channel": f"D{ADMIN}"})
+    view = slack.wait_for("views.publish")[0].params["view"]
+    text = block_text(view["blocks"])
+    assert "For admins: this week" in text
+    assert "Next sends" in text and "Open surveys" in text
+    assert "1 question the bot could not answer" in text
+    console = button(view["blocks"], "Open the console")
+    bot.click(console, user=ADMIN, channel="")
+    link = posts(slack, ADMIN)[0]
+    assert "/console/signin/" in json.dumps(link.params)
+
+    # Someone else's home has no summary, no button; a forged click sends no link.
+    bot.send_event({"type": "app_home_opened", "user": "U7", "channel": "DU7"})
+    other = slack.wait_for("views.publish", count=2)[1].params["view"]
+    assert "this week" not in block_text(other["blocks"])
+    assert "Open the console" not in json.dumps(other["blocks"])
+    bot.click(console, user="U7", channel="")
+    time.sleep(0.5)
+    assert not [c for c in slack.calls_to("chat.postMessage") if c.params.get("channel") == "U7"]
+
+
 def test_slack_errors_are_recorded_with_their_code_and_do_not_crash(
     bot: RunningBot, slack: FakeSlack
 ) -> None:
