@@ -219,6 +219,7 @@ def test_the_configuration_decides_what_is_needed() -> None:
         "app_mentions:read",
         "chat:write",
         "commands",
+        "files:write",
         "im:history",
         "im:write",
     }
@@ -248,7 +249,7 @@ def test_all_good_exits_zero_and_posts_nothing(slack: FakeSlack, doctor: Doctor)
     assert "All good." in out
     for line in (
         "✓ SLACK_BOT_TOKEN: works: bot @mobilize in Example Org",
-        "✓ needed scopes: all 10 scopes this configuration needs are granted",
+        "✓ needed scopes: all 11 scopes this configuration needs are granted",
         "✓ #rollout-support (CSUPPORT): the bot is in #rollout-support",
         "✓ #rollout-news (C0NEWS): the bot is in #rollout-news (used by announcement news)",
         "✓ #general (C1): the bot can list the members of #general",
@@ -312,6 +313,7 @@ def test_a_token_from_the_old_manifest(doctor: Doctor) -> None:
     data = json.loads(result.stdout)
     assert data["scopes"]["missing"] == [
         "channels:read",
+        "files:write",
         "usergroups:read",
         "users:read",
         "users:read.email",

@@ -108,8 +108,18 @@ class Row:
 
 
 @dataclass(frozen=True)
+class Image:
+    """A picture that goes with a message (a PNG): a chart in a results DM, say. Platforms
+    show it as they can (Slack: a file shared in the same conversation; Teams: in the card)."""
+
+    png: bytes
+    alt: str  # what it shows, for screen readers and where images are off
+    name: str = "chart.png"
+
+
+@dataclass(frozen=True)
 class Message:
-    """What the bot says: paragraphs, form rows, small print, buttons, and a one-line
+    """What the bot says: paragraphs, form rows, small print, buttons, images, and a one-line
     notification text."""
 
     parts: tuple[Text, ...]
@@ -117,6 +127,7 @@ class Message:
     buttons: tuple[Button, ...] = ()
     summary: str = ""
     rows: tuple[Row, ...] = ()
+    images: tuple[Image, ...] = ()
 
     @property
     def plain(self) -> str:

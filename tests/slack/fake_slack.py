@@ -40,7 +40,7 @@ TEAM_DOMAIN = "example"
 _TS_BASE_SECONDS = 1_700_000_000
 # Form fields that slack_sdk (and Slack's docs) send as JSON strings inside form data.
 _JSON_FIELDS = frozenset(
-    {"blocks", "attachments", "metadata", "view", "user_auth_blocks", "chunks", "unfurls"}
+    {"blocks", "attachments", "metadata", "view", "user_auth_blocks", "chunks", "unfurls", "files"}
 )
 _TRUE = frozenset({"1", "true", "True", "TRUE", "yes"})
 BOT_TOKEN = "xoxb-test-token"
@@ -204,6 +204,7 @@ class FakeSlack(Served):
         self._limits: dict[str, list[_Limit]] = {}
         self._ts_counter = 0
         self._view_counter = 0
+        self.files: dict[str, dict[str, Any]] = {}
         self._handlers: dict[str, Handler] = {
             "auth.test": self._auth_test,
             "chat.postMessage": self._chat_post_message,
@@ -226,6 +227,8 @@ class FakeSlack(Served):
             "conversations.info": self._conversations_info,
             "conversations.list": self._conversations_list,
             "conversations.join": self._conversations_join,
+            "files.getUploadURLExternal": self._files_get_upload_url,
+            "files.completeUploadExternal": self._files_complete_upload,
         }
         self._preload_users()
         self._preload_channels()
@@ -576,6 +579,21 @@ class FakeSlack(Served):
         except ValueError:
             params = {"_raw": raw.decode("utf-8", "replace")}
             parse_error = "invalid_json"
+        if path.startswith("/upload/v1/"):  # the upload URL files.getUploadURLExternal gave
+            with self._cond:
+                answer = self._upload(path.rsplit("/", 1)[-1], raw)
+                self.calls.append(
+                    Call(
+                        method="upload",
+                        params={"bytes": len(raw)},
+                        headers=headers,
+                        at=at,
+                        status=answer.status,
+                        response=answer.payload,
+                    )
+                )
+                self._cond.notify_all()
+            return answer.status, json.dumps(answer.payload).encode("utf-8"), answer.headers
         with self._cond:
             if parse_error is not None:
                 answer = _Answer(200, {"ok": False, "error": parse_error})
@@ -955,6 +973,66 @@ class FakeSlack(Served):
         if message is not None and message.get("thread_ts") not in (None, ts):
             link += f"?thread_ts={message['thread_ts']}&cid={channel}"
         return {"channel": channel, "permalink": link}
+
+    def _files_get_upload_url(self, params: dict[str, Any]) -> dict[str, Any]:
+        filename = str(params.get("filename") or "")
+        try:
+            length = int(params.get("length") or 0)
+        except ValueError:
+            length = 0
+        if not filename or length <= 0:
+            raise _ApiError("invalid_arguments")
+        file_id = f"F{len(self.files) + 1:08d}"
+        self.files[file_id] = {
+            "id": file_id,
+            "name": filename,
+            "length": length,
+            "alt_txt": str(params.get("alt_txt") or ""),
+            "data": None,
+            "channel": None,
+        }
+        return {
+            "upload_url": f"http://127.0.0.1:{self.port}/upload/v1/{file_id}",
+            "file_id": file_id,
+        }
+
+    def _upload(self, file_id: str, raw: bytes) -> _Answer:
+        found = self.files.get(file_id)
+        if found is None or found["channel"] is not None:
+            return _Answer(404, {"ok": False, "error": "file_not_found"})
+        found["data"] = bytes(raw)
+        return _Answer(200, {"ok": True})
+
+    def _files_complete_upload(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Share uploaded files: each must have been uploaded and not shared yet; a channel
+        must be one the bot may post in."""
+        items = params.get("files")
+        if not isinstance(items, list) or not items:
+            raise _ApiError("invalid_arguments")
+        channel = str(params.get("channel_id") or "")
+        if channel:
+            self._check_channel(_dm_channel(channel), post=True)
+        shared: list[dict[str, Any]] = []
+        for item in items:
+            found = self.files.get(str((item or {}).get("id") or ""))
+            if found is None or found["data"] is None or found["channel"] is not None:
+                raise _ApiError("file_not_found")
+            found["title"] = str(item.get("title") or found["name"])
+            found["channel"] = _dm_channel(channel) if channel else ""
+            shared.append({"id": found["id"], "name": found["name"], "title": found["title"]})
+        if channel:
+            message: dict[str, Any] = {
+                "type": "message",
+                "user": self.bot_user_id,
+                "bot_id": self.bot_id,
+                "text": str(params.get("initial_comment") or ""),
+                "files": copy.deepcopy(shared),
+                "ts": self._next_ts(),
+            }
+            if params.get("thread_ts"):
+                message["thread_ts"] = str(params["thread_ts"])
+            self._store_message(_dm_channel(channel), message)
+        return {"files": shared}
 
     def _conversations_open(self, params: dict[str, Any]) -> dict[str, Any]:
         if params.get("channel"):

@@ -63,6 +63,8 @@ METHOD_SCOPES: dict[str, str | None] = {
     "views.push": None,
     "reactions.add": "reactions:write",
     "reactions.remove": "reactions:write",
+    "files.getUploadURLExternal": "files:write",
+    "files.completeUploadExternal": "files:write",
 }
 
 # conversations.* methods whose scope depends on the conversation type: prefix of the scope.
@@ -89,6 +91,7 @@ FORM_ONLY = frozenset(
         "users.lookupByEmail",
         "usergroups.users.list",
         "usergroups.list",
+        "files.getUploadURLExternal",  # Slack documents form arguments only
     }
 )
 
@@ -116,6 +119,8 @@ METHOD_TIERS: dict[str, int] = {
     "views.publish": TIER_4,
     "views.update": TIER_4,
     "reactions.add": TIER_3,
+    "files.getUploadURLExternal": TIER_4,
+    "files.completeUploadExternal": TIER_4,
     "auth.test": TIER_4,
     "apps.connections.open": 60,
 }

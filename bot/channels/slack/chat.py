@@ -15,7 +15,7 @@ from slack_sdk.http_retry.builtin_handlers import (
 )
 
 from bot.channels.slack.render import to_payload
-from bot.core.messages import Address, Message, Posted
+from bot.core.messages import Address, Image, Message, Posted
 from bot.core.outbox import Budget, Limits
 from bot.metrics import SLACK_ERRORS
 
@@ -200,11 +200,36 @@ class SlackChat:
             )
             return Posted(address.channel, str(data.get("message_ts", ""))) if data else None
         data = self._write("chat.postMessage", channel=address.channel, **payload)
-        return (
-            Posted(str(data.get("channel", address.channel)), str(data.get("ts", "")))
-            if data
-            else None
-        )
+        if not data:
+            return None
+        posted = Posted(str(data.get("channel", address.channel)), str(data.get("ts", "")))
+        for image in message.images:  # into the same conversation (a DM's D… id), after it
+            self.share_image(posted.channel, image, thread_ts=address.thread_ts)
+        return posted
+
+    def share_image(self, channel: str, image: Image, *, thread_ts: str | None = None) -> bool:
+        """Upload a PNG into a conversation (files.getUploadURLExternal, the upload, then
+        files.completeUploadExternal; `files:write`). A failure is logged and counted with
+        Slack's code; the message it goes with has already been posted."""
+        method = "files.completeUploadExternal"
+        try:
+            self.client.files_upload_v2(
+                channel=channel,
+                file=image.png,
+                filename=image.name,
+                title=image.name,
+                alt_txt=image.alt[:1000],
+                thread_ts=thread_ts,
+            )
+            return True
+        except SlackApiError as exc:
+            code = slack_error_code(exc)
+            method = str(getattr(exc.response, "api_url", "") or method).rsplit("/", 1)[-1]
+        except (SlackClientError, OSError) as exc:
+            code = slack_error_code(exc)
+        SLACK_ERRORS.labels(method=method, error=code).inc()
+        log.error("slack %s failed: %s (an image for %s was not shared)", method, code, channel)
+        return False
 
     def update(self, posted: Posted, message: Message) -> None:
         self._write("chat.update", channel=posted.channel, ts=posted.ts, **to_payload(message))

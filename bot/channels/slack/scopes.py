@@ -45,6 +45,8 @@ USES: dict[str, str | None] = {
     "usergroups.users.list": "usergroups:read",
     "views.open": None,
     "views.publish": None,
+    "files.getUploadURLExternal": "files:write",
+    "files.completeUploadExternal": "files:write",
     "event:app_home_opened": None,
     "event:app_mention": "app_mentions:read",
     "event:message.{type}": "{type}:history",  # message.channels / .groups / .im
@@ -98,6 +100,10 @@ FEATURES: dict[str, Feature] = {
         ("conversations.info",),
         (PUBLIC, PRIVATE),
     ),
+    "results_chart": Feature(
+        "the chart image in a survey owner's results DM",
+        ("files.getUploadURLExternal", "files.completeUploadExternal"),
+    ),
     "admin_group": Feature("admins from MOBILIZE_ADMIN_GROUP", ("usergroups.users.list",)),
     "everyone": Feature("audience everyone", ("users.list",)),
     "users": Feature("audience users:", ("users.info", "users.list")),
@@ -118,7 +124,15 @@ FEATURES: dict[str, Feature] = {
 }
 
 # Features every configuration has.
-ALWAYS = ("dm_questions", "mentions", "ask_command", "home", "buttons", "direct_messages")
+ALWAYS = (
+    "dm_questions",
+    "mentions",
+    "ask_command",
+    "home",
+    "buttons",
+    "direct_messages",
+    "results_chart",
+)
 
 
 @dataclass(frozen=True)

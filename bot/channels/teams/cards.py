@@ -16,6 +16,7 @@ names the input and lists the option values (choices carry indexes, so values ma
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from collections.abc import Callable
@@ -398,13 +399,24 @@ def to_card(message: Message, *, people: People | None = None) -> Rendered:
     if context:
         context[0]["spacing"] = "Medium"
     actions = [a for a in (_action(button) for button in message.buttons) if a is not None]
+    # Images travel inside the card (Teams shows data: URIs in a bot's cards); one that does not
+    # fit the activity's size limit is left out with a note rather than cutting the text.
+    images = [
+        {
+            "type": "Image",
+            "url": "data:image/png;base64," + base64.b64encode(image.png).decode("ascii"),
+            "altText": image.alt[:1000],
+            "size": "Stretch",
+        }
+        for image in message.images
+    ]
 
     def build(blocks: list[dict[str, Any]]) -> dict[str, Any]:
         card: dict[str, Any] = {
             "type": "AdaptiveCard",
             "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
             "version": VERSION,
-            "body": [*blocks, *rows, *context] or [_text_block(" ")],
+            "body": [*blocks, *images, *rows, *context] or [_text_block(" ")],
             "msteams": {"width": "Full"},
         }
         if actions:
@@ -414,6 +426,9 @@ def to_card(message: Message, *, people: People | None = None) -> Rendered:
         return card
 
     card = build(text_blocks)
+    if images and _size(card) > MAX_ACTIVITY_BYTES:
+        images = [_text_block("_(the chart is too large for a Teams card: see the console)_")]
+        card = build(text_blocks)
     while _size(card) > MAX_ACTIVITY_BYTES and text_blocks:
         text_blocks = text_blocks[:-1]
         note = _text_block("_(shortened: the full text is too long for Teams)_")

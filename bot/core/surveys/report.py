@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import pairwise
 from typing import Any
 
@@ -35,7 +35,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 import bot.core.surveys.results as results
-from bot.core.messages import Message, say
+from bot.core.messages import Image, Message, say
 from bot.core.surveys.definitions import Question, Survey
 from bot.store.models import SurveyInvitation, SurveyResponse, SurveyRun
 
@@ -316,11 +316,20 @@ def results_message(*, db: Engine, survey: Survey, run_id: int) -> Message:
     report = run_results(db=db, survey=survey, run_id=run_id)
     lines = [f"*{survey.title}: results of run {report['number']}*"]
     lines += summary_lines(survey, report)
+    images: tuple[Image, ...] = ()
     if not report["overall"].get(SUPPRESSED):
         lines.append(
-            f"Full results: `mobilize survey results {survey.id} --run {report['number']}`"
+            f"Full results: `mobilize survey results {survey.id} --run {report['number']}` "
+            "or the console's Surveys page"
         )
-    return say("\n".join(lines), summary=lines[0])
+        from bot.core.surveys.chart_image import results_alt, results_png
+
+        png = results_png(survey, report)
+        if png is not None:
+            name = f"{survey.id}-run-{report['number']}.png"
+            images = (Image(png, results_alt(survey, report), name),)
+    message = say("\n".join(lines), summary=lines[0])
+    return replace(message, images=images)
 
 
 def export_rows(survey: Survey, report: dict[str, Any]) -> list[list[str]]:

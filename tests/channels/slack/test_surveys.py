@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -294,3 +295,61 @@ def test_the_pause_button_pauses(bot: RunningBot, slack: FakeSlack) -> None:
         where=lambda c: c.params["channel"] == "DU1" and "Done" in c.params["text"],
     )
     assert "won't get survey invitations" in reply.params["text"]
+
+
+def _answered_and_closed(bot: RunningBot, slack: FakeSlack) -> None:
+    run_id = start(bot)
+    for user, label in (("U1", "4"), ("U2", "2")):
+        message = invitation(slack, user)
+        click(bot, message, labelled(message["blocks"], label), user=user)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not all(
+        bot.service.surveys.desk.answers(run_id, user).get("ready") for user in ("U1", "U2")
+    ):
+        time.sleep(0.05)
+    assert bot.service.surveys.close(run_id)
+
+
+def test_the_owners_results_dm_carries_a_chart_image(bot: RunningBot, slack: FakeSlack) -> None:
+    _answered_and_closed(bot, slack)
+    results = slack.wait_for("chat.postMessage", where=lambda c: c.params["channel"] == OWNER)
+    assert "results of run 1" in results[0].params["text"]
+    (shared,) = slack.wait_for("files.completeUploadExternal")
+    assert shared.response["ok"] and shared.params["channel_id"] == f"D{OWNER}"
+    (chart,) = slack.files.values()
+    assert chart["channel"] == f"D{OWNER}" and chart["name"] == "quick-run-1.png"
+    assert chart["data"].startswith(b"\x89PNG\r\n\x1a\n") and len(chart["data"]) == chart["length"]
+    assert "I feel ready for Compass.: 3.00 of 5" in chart["alt_txt"]
+    # The chart comes after the text in the owner's DM, as Slack shows a shared file.
+    dm = slack.messages[f"D{OWNER}"]
+    assert [bool(m.get("files")) for m in dm][-2:] == [False, True]
+
+
+def test_without_files_write_the_results_still_arrive_and_the_error_is_counted(
+    database_url: str, content_dir: Path
+) -> None:
+    from tests.slack.rules import manifest_scopes
+
+    write(content_dir, "messages/surveys/quick.yaml", QUICK)
+    with FakeSlack(scopes=manifest_scopes() - {"files:write"}) as slack:
+        settings = bot_settings(
+            database_url=database_url,
+            content_dir=content_dir,
+            slack=slack,
+            MOBILIZE_SEND_RATE=1000,
+            MOBILIZE_SURVEY_SECRET="slack-test-secret",
+        )
+        with running_bot(settings, slack) as bot:
+            _answered_and_closed(bot, slack)
+            results = slack.wait_for(
+                "chat.postMessage", where=lambda c: c.params["channel"] == OWNER
+            )
+            assert "results of run 1" in results[0].params["text"]
+            (refused,) = slack.wait_for("files.getUploadURLExternal")
+            assert refused.response["error"] == "missing_scope"
+            assert not slack.files
+            metrics = urllib.request.urlopen(f"{bot.base}/metrics").read().decode()
+            assert (
+                'mobilize_slack_errors_total{error="missing_scope",'
+                'method="files.getUploadURLExternal"}' in metrics
+            )

@@ -3,8 +3,10 @@ rules (what Teams renders) and posted through it."""
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ from bot.core.messages import (
     Button,
     Checkboxes,
     Choice,
+    Image,
     Link,
     Mention,
     Message,
@@ -205,3 +208,18 @@ def test_the_connector_takes_every_card_and_updates_it_in_place(
         "UpdateActivity",
     ]
     assert len(teams.identity.calls_to("Token")) == 1  # the token is cached
+
+
+def test_an_image_travels_inside_the_card_or_is_left_out_with_a_note() -> None:
+    png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 2000
+    chart = Image(png, "Results of Quick pulse, run 1: ready 3.00 of 5", "quick-run-1.png")
+    card = to_card(replace(say("*Quick pulse: results of run 1*"), images=(chart,))).card
+    (image,) = [block for block in card["body"] if block["type"] == "Image"]
+    assert image["url"] == "data:image/png;base64," + base64.b64encode(png).decode()
+    assert image["altText"] == chart.alt
+
+    huge = Image(b"\x89PNG" + bytes(range(256)) * 400, "too big", "huge.png")
+    card = to_card(replace(say("*Results*", "The text stays whole."), images=(huge,))).card
+    assert not [block for block in card["body"] if block["type"] == "Image"]
+    shown = json.dumps(card)
+    assert "The text stays whole." in shown and "too large for a Teams card" in shown

@@ -241,6 +241,27 @@ def test_the_results_message_reads_well(db: Engine, survey: Survey) -> None:
         "• I want to use Compass. — mean *3.00* / 5",
         "• Would you recommend Compass? — eNPS *+33*",
         "ADKAR barrier point: *desire* (the first element at 3 or below)",
-        "Full results: `mobilize survey results readiness --run 1`",
+        "Full results: `mobilize survey results readiness --run 1` or the console's Surveys page",
     ]
     assert message.summary == "*Readiness: results of run 1*"
+    (chart,) = message.images
+    assert chart.png.startswith(b"\x89PNG") and chart.name == "readiness-run-1.png"
+    assert chart.alt == (
+        "Results of Readiness, run 1: I understand why we are changing.: 3.50 of 5; "
+        "I want to use Compass.: 3.00 of 5; eNPS +33"
+    )
+
+
+def test_the_chart_shows_nothing_the_suppression_layer_hid(db: Engine, survey: Survey) -> None:
+    # The attacker is anyone who gets the owner's DM: with fewer answers than the survey's
+    # min group, no figure may reach them, in the text, the image or its alt text.
+    few = [(5, 1, 10)] * (survey.min_group - 1)
+    run_id = insert_run(
+        db,
+        survey,
+        invitations=[{}] * 8,
+        responses=[(answers(a, d, recommend=r), {}) for a, d, r in few],
+    )
+    message = results_message(db=db, survey=survey, run_id=run_id)
+    assert message.images == ()
+    assert "5.00" not in message.plain and "1.00" not in message.plain
