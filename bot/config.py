@@ -43,6 +43,7 @@ HINTS: dict[str, str] = {
     "MOBILIZE_CONSOLE_SECRET": "a long random string that signs console session cookies (the "
     "same for every process; unset: a file next to the database is made once)",
     "MOBILIZE_CONSOLE_SESSION_HOURS": "hours a console session lasts without being used, e.g. 8",
+    "MOBILIZE_MESSAGE_BUDGET": "messages per person per week (announcements and surveys), e.g. 3",
     "TEAMS_APP_ID": "the bot's Microsoft App ID (a GUID) from its Azure Bot / Entra app "
     "registration",
     "TEAMS_APP_PASSWORD": "a client secret of that Entra app registration (Certificates & secrets)",
@@ -109,6 +110,7 @@ class Settings(BaseSettings):
     console_session_hours: float = Field(
         default=8.0, gt=0, le=24 * 30, alias="MOBILIZE_CONSOLE_SESSION_HOURS"
     )
+    message_budget: int = Field(default=3, ge=0, le=100, alias="MOBILIZE_MESSAGE_BUDGET")
     # Microsoft Teams (optional): the bot's Entra app registration and where tickets go.
     teams_app_id: str = Field(default="", alias="TEAMS_APP_ID")
     teams_app_password: str = Field(default="", alias="TEAMS_APP_PASSWORD")
