@@ -469,12 +469,12 @@ def faq_approve(
     admin: Annotated[str, typer.Option(help="Who approves (recorded in the audit log).")] = "cli",
 ) -> None:
     """Approve a phrasing as a new alternate of an entry; a running bot picks it up within 30 s."""
-    from bot.store.audit import record
+    from bot.core.faq.curation import approve_phrasing
 
     settings = _settings()
     desk = _desk(settings, semantic=False)
     try:
-        desk.approve_alternate(entry_id=entry_id, text=phrasing, admin=admin)
+        approve_phrasing(desk, entry_id=entry_id, text=phrasing, admin=admin)
     except KeyError:
         raise ContentErrors(
             [
@@ -483,5 +483,4 @@ def faq_approve(
                 )
             ]
         ) from None
-    record(desk.db, actor=admin, action="faq.approve_alternate", detail=f"{entry_id}: {phrasing}")
     console.print(f"Added {phrasing!r} to {entry_id}.")

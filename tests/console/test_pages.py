@@ -3,9 +3,11 @@ picker, sending and managing sends through the core, survey results through supp
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import subprocess
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,15 +15,21 @@ import pytest
 from sqlmodel import Session, col, select
 from werkzeug.test import Client
 
+from bot.channels.slack.server import WebApp
+from bot.console import build_console
 from bot.console.app import Console
 from bot.console.render import mrkdwn_to_html
+from bot.console.teams_card import card_html
 from bot.core.announcements import sends
+from bot.core.announcements.templates import render
 from bot.core.surveys.report import run_results
 from bot.service import Service
 from bot.store.models import AnnouncementSend, AuditLog, Delivery
-from tests.auxil.running import ADMIN
+from tests.auxil.running import ADMIN, bot_settings
 from tests.auxil.surveys import insert_run
-from tests.console.conftest import sign_in
+from tests.console.conftest import PUBLIC_URL, Shift, sign_in
+from tests.slack.fake_slack import FakeSlack
+from tests.teams.fake_connector import FakeTeams
 
 TEMPLATE = "messages/announcements/go-live-day.md"
 
@@ -415,3 +423,217 @@ def test_the_overview_shows_plan_sends_and_surveys(
     page = client.get("/console/")
     assert page.status_code == 200
     assert "#1 go-live-day" in page.text and "Open surveys" in page.text
+
+
+# --- new templates -----------------------------------------------------------------------
+
+
+def test_a_new_template_is_refused_for_a_bad_or_taken_id_then_created_committed_and_audited(
+    client: Client, csrf: str, service: Service
+) -> None:
+    root = service.settings.content_dir
+    git = _git(root)
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=Setup", "-c", "user.email=setup@example.com", "commit", "-qm", "start")
+    before = sorted(p.name for p in (root / "messages/announcements").iterdir())
+    page = client.get("/console/templates")
+    assert 'action="/console/templates/new"' in page.text
+    assert client.post("/console/templates/new", data={"id": "payroll"}).status_code == 400
+    for bad in ("Payroll Reminder", "../x", "", "-x"):
+        refused = client.post("/console/templates/new", data={"csrf": csrf, "id": bad})
+        assert refused.status_code == 303
+        assert "is not a template id" in client.get(refused.headers["Location"]).text
+    taken = client.post("/console/templates/new", data={"csrf": csrf, "id": "go-live-day"})
+    assert "exists already" in client.get(taken.headers["Location"]).text
+    assert not [a for a in actions(service) if a[1] == "console.template.create"]
+    assert sorted(p.name for p in (root / "messages/announcements").iterdir()) == before
+
+    made = client.post("/console/templates/new", data={"csrf": csrf, "id": "payroll-reminder"})
+    assert made.status_code == 303
+    assert made.headers["Location"].endswith("/console/templates/payroll-reminder")
+    path = root / "messages/announcements/payroll-reminder.md"
+    assert path.is_file() and oct(path.stat().st_mode & 0o777) == "0o644"
+    assert "payroll-reminder" in service.announcer.content.templates  # loaded, no errors
+    editor = client.get(made.headers["Location"])
+    assert "Created messages/announcements/payroll-reminder.md" in editor.text
+    assert "No errors" in editor.text and 'data-testid="slack-preview"' in editor.text
+    assert git("log", "-1", "--format=%an|%s") == (
+        "chika|Edit announcement template payroll-reminder (console)"
+    )
+    assert (
+        ADMIN,
+        "console.template.create",
+        f"messages/announcements/payroll-reminder.md (commit {git('rev-parse', '--short', 'HEAD')})",
+    ) in actions(service)
+    # then the ordinary editor saves it
+    text = path.read_text(encoding="utf-8").replace("Write the message here", "Payroll runs")
+    assert (
+        client.post(
+            "/console/templates/payroll-reminder", data={"csrf": csrf, "source": text}
+        ).status_code
+        == 303
+    )
+    assert "Payroll runs" in service.announcer.content.templates["payroll-reminder"].body
+    assert git("status", "--porcelain") == ""
+
+
+def _git(root: Path) -> Callable[..., str]:
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    return git
+
+
+# --- the Teams card preview ----------------------------------------------------------------
+
+
+def test_no_teams_preview_without_teams(client: Client, csrf: str, service: Service) -> None:
+    assert service.platforms.teams is None
+    page = client.get("/console/templates/go-live-day")
+    assert 'data-testid="slack-preview"' in page.text and "teams-preview" not in page.text
+
+
+@pytest.fixture
+def teams_client(
+    database_url: str, content_dir: Path, slack: FakeSlack, clock: Shift
+) -> Iterator[tuple[Client, Console, Service]]:
+    with FakeTeams() as teams:
+        settings = bot_settings(
+            database_url=database_url,
+            content_dir=content_dir,
+            slack=slack,
+            MOBILIZE_PUBLIC_URL=PUBLIC_URL,
+            MOBILIZE_CONSOLE_SECRET="console-test-secret",
+            **teams.settings(),
+        )
+        running = Service(settings)
+        running.ready.set()
+        try:
+            console = build_console(running, clock=clock)
+            yield (
+                Client(WebApp(running.app, ready=running.ready.is_set, console=console)),
+                console,
+                running,
+            )
+        finally:
+            running.stop()
+
+
+def test_the_teams_card_preview_is_drawn_from_the_card_the_sender_posts(
+    teams_client: tuple[Client, Console, Service],
+) -> None:
+    client, console, service = teams_client
+    parts = service.platforms.teams
+    assert parts is not None
+    csrf = sign_in(client, console)
+    text = (service.settings.content_dir / TEMPLATE).read_text(encoding="utf-8")
+    fragment = client.post(
+        "/console/templates/go-live-day/preview",
+        data={"source": text, "person": "U1"},
+        headers={"HX-Request": "true", "X-CSRF-Token": csrf},
+    )
+    assert fragment.status_code == 200
+    assert 'data-testid="slack-preview"' in fragment.text
+    assert 'data-testid="teams-preview"' in fragment.text
+    # the card the Teams sender would post for this person, rendered by its own code
+    template = service.announcer.content.templates["go-live-day"]
+    recipient, _note = console.recipient("U1")
+    message = render(
+        template,
+        service.announcer.content.rollout,
+        user=recipient,
+        now=console.clock(),
+        ack_value="preview",
+    )
+    card = parts.chat.render(message).card
+    shown = re.search(r'data-testid="teams-card-json">(.*?)</pre>', fragment.text, re.S)
+    assert shown and json.loads(html.unescape(shown.group(1))) == card
+    drawn = fragment.text.split('data-testid="teams-preview"', 1)[1].split("</details>", 1)[0]
+    for action in card["actions"]:  # the link buttons, as Teams shows them
+        assert f'class="tm-button" href="{action["url"]}"' in drawn and action["title"] in drawn
+    assert "<strong>Compass</strong>" in drawn and "Good morning Alice!" in drawn
+    assert '<a class="tm-link" href="https://' in drawn  # Markdown links of the text blocks
+    editor = client.get("/console/templates/go-live-day")
+    assert 'data-testid="teams-preview"' in editor.text
+
+
+def test_the_teams_card_drawing_escapes_and_links_only_the_web() -> None:
+    card = {
+        "body": [
+            {"type": "TextBlock", "text": "**Hi** <at>Bob</at> <b>x</b> [a](javascript:alert(1))"},
+            {"type": "FactSet", "facts": [{"title": "When", "value": "_today_"}]},
+            {
+                "type": "Container",
+                "items": [
+                    {
+                        "type": "ActionSet",
+                        "actions": [
+                            {"type": "Action.Execute", "title": "Ack <now>", "style": "positive"}
+                        ],
+                    }
+                ],
+            },
+        ],
+        "actions": [{"type": "Action.OpenUrl", "title": "Go", "url": "javascript:alert(1)"}],
+    }
+    drawn = str(card_html(card))
+    assert "<strong>Hi</strong>" in drawn and '<span class="tm-mention">Bob</span>' in drawn
+    assert "&lt;b&gt;x&lt;/b&gt;" in drawn and 'href="javascript' not in drawn
+    assert "<dt><p>When</p>" in drawn and "<dd><p><em>today</em></p>" in drawn
+    assert (
+        '<span class="tm-button tm-button-positive" aria-disabled="true">Ack &lt;now&gt;</span>'
+        in drawn
+    )
+    assert '<span class="tm-button" aria-disabled="true">Go</span>' in drawn
+
+
+# --- the send page's buttons ----------------------------------------------------------------
+
+
+def manage(client: Client, send_id: int) -> set[str]:
+    page = client.get(f"/console/sends/{send_id}")
+    assert page.status_code == 200
+    section = page.text.split("<h2>Manage</h2>", 1)[1]
+    return set(re.findall(rf"/console/sends/{send_id}/(\w+)\"", section)) - {"export"}
+
+
+def test_the_manage_buttons_fit_the_sends_state(
+    client: Client, csrf: str, service: Service
+) -> None:
+    later = make_send(service, "users:U1,U2")
+    with Session(service.db) as session:
+        row = session.get(AnnouncementSend, later)
+        assert row is not None
+        row.due_at = datetime.now(UTC) + timedelta(days=1)
+        session.commit()
+    assert manage(client, later) == {"cancel"}  # planned: nothing sent, nothing failed
+
+    send_id = make_send(service, "users:U1,U2")
+    service.announcer.tick()
+    with Session(service.db) as session:
+        failed = session.exec(select(Delivery).where(Delivery.recipient == "U2")).one()
+        failed.state, failed.error = "failed", "ratelimited"
+        session.commit()
+        failed_id = failed.id
+    drain(service)
+    assert manage(client, send_id) == {"resend", "update", "recall"}  # done: no cancel
+    client.post(f"/console/sends/{send_id}/recall", data={"csrf": csrf, "sure": "yes"})
+    assert manage(client, send_id) == set()  # recalled: no update, recall or resend
+    stale = client.post(f"/console/sends/{send_id}/resend", data={"csrf": csrf})
+    assert "Not done: it was recalled" in client.get(stale.headers["Location"]).text
+    with Session(service.db) as session:
+        assert session.get(Delivery, failed_id).state == "failed"  # type: ignore[union-attr]
+    assert [a for a in actions(service) if a[1] == "announce.resend"] == []
+
+    clean = make_send(service, "users:U1")
+    drain(service)
+    assert manage(client, clean) == {"update", "recall"}  # nothing failed: no resend
+    client.post(f"/console/sends/{later}/cancel", data={"csrf": csrf, "sure": "yes"})
+    assert manage(client, later) == set()  # cancelled: nothing left to do
+    again = client.post(f"/console/sends/{later}/cancel", data={"csrf": csrf, "sure": "yes"})
+    assert "Not done: nothing is left to send" in client.get(again.headers["Location"]).text
+    assert len([a for a in actions(service) if a[1] == "announce.cancel"]) == 1
+    assert client.post(f"/console/sends/{clean}/recall", data={"sure": "yes"}).status_code == 400
