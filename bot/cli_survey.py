@@ -16,10 +16,10 @@ from sqlalchemy import Engine, func
 from sqlmodel import Session, select
 
 from bot.config import get_settings
-from bot.core.announcements.plan import parse_audience
 from bot.core.content import ContentErrors
+from bot.core.surveys.actions import Refused, check_closable, check_shareable, parse_audiences
 from bot.core.surveys.definitions import MAX_OPEN_DAYS, Survey
-from bot.core.surveys.privacy import SecretMissing, WrongSecret, create_secret_file
+from bot.core.surveys.privacy import SecretMissing, create_secret_file
 from bot.core.surveys.report import (
     SUPPRESSED,
     export_rows,
@@ -100,7 +100,7 @@ def start_command(
     runner = _runner()
     _survey(runner, survey_id)
     try:
-        audience = [parse_audience(part.strip()) for part in to.split(";")]
+        audience = parse_audiences(to)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     actor = by or f"cli:{getpass.getuser()}"
@@ -131,11 +131,10 @@ def close_command(
     if target.state == "closed":
         console.print(f"Run {target.number} of {survey_id} is already closed.")
         return
-    if target.anonymity != "named":
-        try:
-            runner.desk.run_key(target)
-        except (SecretMissing, WrongSecret) as exc:
-            raise typer.BadParameter(f"cannot close: {exc}") from None
+    try:
+        check_closable(runner, target)
+    except Refused as exc:
+        raise typer.BadParameter(str(exc)) from None
     if not runner.close(target.id):
         console.print(f"Run {target.number} of {survey_id} is already closed.")
         return
@@ -326,10 +325,10 @@ def share_command(
     _survey(runner, survey_id)
     target = _run(runner.db, survey_id, run)
     assert target.id is not None
-    if target.state != "closed":
-        raise typer.BadParameter(
-            f"run {target.number} of {survey_id} is still open; share it once it closes"
-        )
+    try:
+        check_shareable(target)
+    except Refused as exc:
+        raise typer.BadParameter(str(exc)) from None
     text = note.read_text(encoding="utf-8").strip()
     if not text:
         raise typer.BadParameter(f"{note} is empty: say what the programme will do")

@@ -20,8 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
-from datetime import time as dtime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
@@ -44,7 +43,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers.response import Response as Redirect
 
 from bot.config import Settings
-from bot.console import charts
+from bot.console import pages_knowledge, pages_surveys, pages_timeline
 from bot.console.content import Problem, check_template, save_template, template_path
 from bot.console.links import ConsoleLinks, SignedIn
 from bot.console.render import message_html
@@ -76,18 +75,14 @@ from bot.core.announcements.templates import (
     render,
 )
 from bot.core.faq.desk import FaqDesk
-from bot.core.faq.gaps import gap_questions, group_gaps, picks
 from bot.core.faq.kb import FaqEntry
 from bot.core.outbox import settle_unknown
-from bot.core.surveys.definitions import LIKERT_LABELS
-from bot.core.surveys.definitions import runs as survey_runs
-from bot.core.surveys.report import SUPPRESSED, ResultsNotReady, run_results, runs_of
+from bot.core.surveys.report import runs_of
 from bot.core.surveys.runner import SurveyRunner
 from bot.store.audit import record
 from bot.store.models import (
     AnnouncementSend,
     Delivery,
-    QuestionLog,
     SurveyInvitation,
     SurveyResponse,
 )
@@ -99,8 +94,6 @@ PUBLIC = frozenset({"static", "signin", "signin_post"})
 ACTIVE = frozenset({"planned", "resolving", "sending"})
 AUDIENCE_SECONDS = 60.0  # a resolved audience is reused this long (Slack's listing is Tier 2)
 NAME_SECONDS = 600.0
-TIMELINE_MARGIN_DAYS = 30  # the timeline shows this long before the first milestone and after
-TIMELINE_ROWS = 1000
 GAP_GROUPS = 20  # groups of the gap report shown, as `mobilize faq gaps`
 
 StartResponse = Callable[..., Any]
@@ -169,34 +162,6 @@ class Resolved:
     parts: list[str]
     audience: Audience | None
     error: str
-
-
-@dataclass(frozen=True)
-class TimelineEvent:
-    """One row of the timeline: a milestone, an announcement or a survey run's opening."""
-
-    day: date  # in the rollout's zone
-    kind: str  # milestone | announcement | survey
-    name: str
-    note: str
-    past: bool
-    time: str = ""  # HH:MM in the rollout's zone, or the wall-clock time of a local_time one
-
-
-KIND_ORDER = {"milestone": 0, "announcement": 1, "survey": 2}
-
-
-def _nearest(event: TimelineEvent, milestones: dict[str, date]) -> str:
-    """Where an announcement or a run sits against the nearest milestone, e.g. "3 days
-    before go_live"."""
-    if event.kind == "milestone" or not milestones:
-        return ""
-    name, day = min(milestones.items(), key=lambda item: (abs((item[1] - event.day).days), item[1]))
-    gap = (event.day - day).days
-    if gap == 0:
-        return f"on {name}"
-    unit = "day" if abs(gap) == 1 else "days"
-    return f"{abs(gap)} {unit} {'after' if gap > 0 else 'before'} {name}"
 
 
 @dataclass(frozen=True)
@@ -486,84 +451,6 @@ def create_app(console: Console) -> Flask:
         open_runs = [row for row in surveys if row["state"] == "open"]
         return page("dashboard.html", planned=planned, recent=recent, open_runs=open_runs, now=now)
 
-    # --- timeline ---------------------------------------------------------------------------
-
-    @app.get("/timeline")
-    def timeline() -> tuple[str, int]:
-        """The milestones, and the announcements and survey runs planned around them, from
-        the same plan functions as `mobilize announce plan` (`occurrences`) and the survey
-        runner (`runs`)."""
-        content = console.announcer.content
-        rollout = content.rollout
-        zone = rollout.zone
-        now = console.clock()
-        today = rollout.today(now)
-        days = sorted(rollout.milestones.values())
-        first = min([today, *days[:1]])
-        last = max([today, *days[-1:]])
-        start = datetime.combine(first - timedelta(days=TIMELINE_MARGIN_DAYS), dtime(), zone)
-        end = datetime.combine(last + timedelta(days=TIMELINE_MARGIN_DAYS + 1), dtime(), zone)
-        events: list[TimelineEvent] = [
-            TimelineEvent(day, "milestone", name, "", day < today)
-            for name, day in rollout.milestones.items()
-        ]
-        for occurrence in occurrences(content.plan, rollout, start=start, end=end):
-            announcement = content.plan.get(occurrence.announcement_id)
-            if announcement is None:
-                continue
-            when = occurrence.local if announcement.local_time else occurrence.due_utc
-            moment = when if announcement.local_time else when.astimezone(zone)
-            note = f"{announcement.template} to {', '.join(announcement.audience)}"
-            if announcement.local_time:
-                note += " · on each person's own clock"
-            events.append(
-                TimelineEvent(
-                    moment.date(),
-                    "announcement",
-                    announcement.id,
-                    note,
-                    occurrence.due_utc < now,
-                    f"{moment:%H:%M}",
-                )
-            )
-        for schedule in console.service.surveys.schedules:
-            for run in survey_runs(schedule, rollout, start=start, end=end):
-                opens = run.starts_utc.astimezone(zone)
-                closes = run.closes_utc.astimezone(zone)
-                reminders = ", ".join(f"{r.astimezone(zone):%d %b}" for r in run.reminders_utc)
-                note = f"to {', '.join(schedule.audience)} · open until {closes:%a %d %b %H:%M}"
-                if reminders:
-                    note += f" · reminders {reminders}"
-                events.append(
-                    TimelineEvent(
-                        opens.date(),
-                        "survey",
-                        schedule.survey,
-                        note,
-                        run.closes_utc < now,
-                        f"{opens:%H:%M}",
-                    )
-                )
-        events.sort(key=lambda e: (e.day, KIND_ORDER[e.kind], e.time, e.name))
-        events = events[:TIMELINE_ROWS]
-        months: list[tuple[str, list[dict[str, Any]]]] = []
-        for event in events:
-            label = f"{event.day:%B %Y}"
-            if not months or months[-1][0] != label:
-                months.append((label, []))
-            months[-1][1].append({"event": event, "near": _nearest(event, rollout.milestones)})
-        return page(
-            "timeline.html",
-            months=months,
-            today=today,
-            zone=rollout.timezone,
-            start=start.date(),
-            end=(end - timedelta(days=1)).date(),
-            milestones=len(rollout.milestones),
-            announcements=sum(1 for e in events if e.kind == "announcement"),
-            survey_runs=sum(1 for e in events if e.kind == "survey"),
-        )
-
     # --- templates --------------------------------------------------------------------------
 
     @app.get("/templates")
@@ -618,6 +505,18 @@ def create_app(console: Console) -> Flask:
             return values
         values["preview"] = message_html(message)
         values["summary"] = message.summary
+        teams = getattr(getattr(console.service, "platforms", None), "teams", None)
+        if teams is not None:  # Teams connected: the card its sender would post, drawn
+            from bot.console.teams_card import card_html, card_json
+
+            try:
+                card = teams.chat.render(message).card
+            except Exception:  # the sender would fail this row too; say so, do not crash
+                log.exception("console: rendering the Teams card of %s failed", template_id)
+                values["teams_error"] = "Teams could not be sent this message: see the bot's log."
+            else:
+                values["teams_card"] = card_html(card)
+                values["teams_json"] = card_json(card)
         return values
 
     def _editor(
@@ -800,6 +699,7 @@ def create_app(console: Console) -> Flask:
                     "template": template,
                     "resolved": resolved,
                     "due": due,
+                    "budget": pages_timeline.budget_warning(console, resolved.audience, due),
                     **_left_out(resolved),
                 },
             )
@@ -841,9 +741,35 @@ def create_app(console: Console) -> Flask:
             abort(404, f"There is no announcement #{send_id}.")
         return row, _progress(console, send_id)
 
+    def _manage(send_id: int, status: dict[str, Any]) -> dict[str, str]:
+        """What can be done to a send now: action → "" when it makes sense, else why not."""
+        with Session(db) as work:
+            rows = work.exec(
+                select(Delivery.state, Delivery.op, func.count())
+                .where(Delivery.send_id == send_id)
+                .group_by(col(Delivery.state), col(Delivery.op))
+            ).all()
+        live = sum(int(n) for state, op, n in rows if state == "sent" and op != "delete")
+        waiting = sum(int(n) for state, _op, n in rows if state == "pending")
+        recalled = int(status["deleted"]) > 0 or any(op == "delete" for _s, op, _n in rows)
+        state = str(status["state"])
+        resend = "" if int(status["failed"]) else "nothing failed"
+        if not resend and (recalled or state == "cancelled"):
+            resend = "it was recalled or cancelled"
+        why = {
+            "resend": resend,
+            "update": "" if live and not recalled else "no sent copies to update",
+            "cancel": ""
+            if state in {"planned", "resolving"} or (state == "sending" and waiting)
+            else "nothing is left to send",
+            "recall": "" if live else "no sent copies to recall",
+        }
+        return why
+
     @app.get("/sends/<int:send_id>")
     def send_page(send_id: int) -> tuple[str, int]:
         row, status = _status(send_id)
+        manage = _manage(send_id, status)
         excluded = json.loads(row.excluded or "[]")
         left: dict[str, list[str]] = {}
         for who, reason in excluded:
@@ -857,6 +783,7 @@ def create_app(console: Console) -> Flask:
             advice=LEFT_OUT_ADVICE,
             labels=REASONS,
             in_doubt=_in_doubt(db, send_id),
+            can={action for action, why in manage.items() if not why},
         )
 
     @app.get("/sends/<int:send_id>/progress")
@@ -933,9 +860,15 @@ def create_app(console: Console) -> Flask:
 
     @app.post("/sends/<int:send_id>/<action>")
     def send_action(send_id: int, action: str) -> Redirect | tuple[str, int]:
-        _status(send_id)
+        _row, status = _status(send_id)
         signed: SignedIn = g.signed
         now = console.clock()
+        why = _manage(send_id, status)
+        if action not in why:
+            abort(404, f"There is no action {action!r}.")
+        if why[action]:  # the page was older than the send's state
+            flash(f"Not done: {why[action]} (the page was out of date).", "error")
+            return redirect(url_for("send_page", send_id=send_id), 303)
         if action in {"recall", "cancel"} and request.form.get("sure") != "yes":
             flash(f"Not done: tick the box to confirm the {action}.", "error")
             return redirect(url_for("send_page", send_id=send_id), 303)
@@ -961,102 +894,9 @@ def create_app(console: Console) -> Flask:
         flash(done)
         return redirect(url_for("send_page", send_id=send_id), 303)
 
-    # --- knowledge base ---------------------------------------------------------------------
-
-    @app.get("/knowledge")
-    def knowledge() -> tuple[str, int]:
-        """The FAQ entries with owner and review date (overdue first), and the gap report of
-        `mobilize faq gaps` through the same core functions."""
-        desk = console.service.desk
-        kb = desk.engine.state.kb
-        today = console.clock().astimezone(console.zone).date()
-        with Session(db) as work:
-            asked = {
-                str(entry_id): int(count)
-                for entry_id, count in work.exec(
-                    select(QuestionLog.entry_id, func.count())
-                    .where(col(QuestionLog.entry_id).is_not(None))
-                    .group_by(QuestionLog.entry_id)
-                ).all()
-            }
-        entries = [
-            EntryRow(
-                entry=entry,
-                asked=asked.get(entry.id, 0),
-                overdue=entry.review_by is not None and entry.review_by < today,
-                file=_relative(entry.path, settings.content_dir),
-            )
-            for entry in kb.entries.values()
-        ]
-        entries.sort(
-            key=lambda e: (
-                not e.overdue,
-                e.entry.review_by is None,
-                e.entry.review_by or today,
-                e.entry.id,
-            )
-        )
-        gaps = group_gaps(gap_questions(db), embedder=desk.engine.embedder)[:GAP_GROUPS]
-        return page(
-            "knowledge.html",
-            entries=entries,
-            overdue=sum(1 for e in entries if e.overdue),
-            unowned=sum(1 for e in entries if not e.entry.owner),
-            gaps=gaps,
-            picked=picks(db)[:GAP_GROUPS],
-            today=today,
-        )
-
-    # --- surveys ----------------------------------------------------------------------------
-
-    @app.get("/surveys")
-    def surveys() -> tuple[str, int]:
-        known = console.service.surveys.surveys
-        return page("surveys.html", rows=_survey_rows(console), known=known)
-
-    @app.get("/surveys/<survey_id>/runs/<int:number>")
-    def results(survey_id: str, number: int) -> tuple[str, int]:
-        survey = console.service.surveys.surveys.get(survey_id)
-        if survey is None:
-            abort(404, f"There is no survey {survey_id!r}.")
-        run = next((r for r in runs_of(db, survey_id) if r.number == number), None)
-        if run is None or run.id is None:
-            abort(404, f"Survey {survey_id!r} has no run {number}.")
-        waiting = run.anonymity != "named" and run.state != "closed"
-        report: dict[str, Any] | None = None
-        if not waiting:
-            try:
-                report = run_results(db=db, survey=survey, run_id=run.id)
-            except ResultsNotReady:
-                waiting = True
-        figures: list[dict[str, Any]] = []
-        if report is not None and not report["overall"].get(SUPPRESSED):
-            for index, question in enumerate(survey.questions):
-                summary = report["overall"]["questions"][question.id]
-                figure: dict[str, Any] = {"question": question, "summary": summary}
-                chart_id = f"q{index}"
-                if summary.get(SUPPRESSED):
-                    figure["hidden"] = True
-                elif question.kind == "likert":
-                    figure["labels"] = question.labels or LIKERT_LABELS
-                    figure["chart"] = charts.likert(
-                        chart_id, question.text, summary, question.labels
-                    )
-                elif question.kind == "enps":
-                    figure["chart"] = charts.enps(chart_id, question.text, summary)
-                elif question.kind in {"choice", "multi"}:
-                    figure["chart"] = charts.bars(chart_id, question.text, summary)
-                figures.append(figure)
-        return page(
-            "results.html",
-            survey=survey,
-            run=run,
-            report=report,
-            waiting=waiting,
-            figures=figures,
-            suppressed=SUPPRESSED,
-        )
-
+    pages_timeline.register(app, console, page)
+    pages_surveys.register(app, console, page)
+    pages_knowledge.register(app, console, page)
     return app
 
 

@@ -171,3 +171,228 @@ def bars(chart_id: str, text: str, summary: dict[str, Any]) -> Markup:
         )
     desc = "; ".join(f"{option}: {count} ({_pct(count, n)})" for option, count in counts.items())
     return _svg(chart_id, text, desc, max(row * len(counts), row), "".join(body))
+
+
+# --- trends across runs and the ADKAR heat map -------------------------------------------------
+
+HIDDEN = "#e6e6e6"
+TREND_LINE = "#1d4f9c"
+
+
+def _svg_named(kind: str, chart_id: str, title: str, desc: str, height: int, body: str) -> Markup:
+    """Like `_svg`, classed `survey-chart trend` or `survey-chart heatmap`: the results page's
+    `svg.chart` are its per-question charts only."""
+    return Markup(  # every text below goes through escape()
+        f'<svg class="survey-chart {kind}" viewBox="0 0 {WIDTH} {height}" width="100%" role="img" '
+        f'aria-labelledby="{chart_id}-t {chart_id}-d" xmlns="http://www.w3.org/2000/svg" '
+        f'preserveAspectRatio="xMinYMin meet">'
+        f'<title id="{chart_id}-t">{escape(title)}</title>'
+        f'<desc id="{chart_id}-d">{escape(desc)}</desc>{body}</svg>'
+    )
+
+
+def trend(
+    chart_id: str,
+    text: str,
+    points: Sequence[dict[str, Any]],
+    *,
+    kind: str,
+    min_group: int,
+) -> Markup:
+    """One question across runs: the mean (Likert, 1–5) or eNPS (−100…100) of each run as a
+    line, with its 95% interval as a shaded band. `points` are in run order, each with
+    `number` (the run), `value` and `ci95` from the published summary, or `hidden` (the
+    suppression layer held it back) or neither (nobody answered): those are gaps in the line,
+    labelled, never values."""
+    low, high = (1.0, 5.0) if kind == "likert" else (-100.0, 100.0)
+    ticks = (1, 2, 3, 4, 5) if kind == "likert" else (-100, -50, 0, 50, 100)
+    left, right, top, bottom = 40, 24, 12, 150
+    height = 190
+    count = max(len(points), 1)
+    step = (WIDTH - left - right) / max(count - 1, 1)
+
+    def x_of(index: int) -> float:
+        return left + (step * index if count > 1 else (WIDTH - left - right) / 2)
+
+    def y_of(value: float) -> float:
+        return bottom - (bottom - top) * (value - low) / (high - low)
+
+    def shown(value: float) -> str:
+        return f"{value:.2f}" if kind == "likert" else f"{value:+.0f}"
+
+    body: list[str] = []
+    for tick in ticks:
+        body.append(
+            f'<line x1="{left}" y1="{y_of(tick):.1f}" x2="{WIDTH - right}" y2="{y_of(tick):.1f}" '
+            f'stroke="{HIDDEN}"/>'
+            f'<text x="{left - 6}" y="{y_of(tick) + 4:.1f}" text-anchor="end" font-size="11" '
+            f'fill="{MUTED}">{tick if kind == "likert" else f"{tick:+d}"}</text>'
+        )
+    # Runs of consecutive values: each is one line and one band; a gap ends them.
+    stretches: list[list[int]] = [[]]
+    for index, point in enumerate(points):
+        if point.get("value") is None:
+            stretches.append([])
+        else:
+            stretches[-1].append(index)
+    for stretch in stretches:
+        banded = [i for i in stretch if points[i].get("ci95")]
+        if len(banded) >= 2 and len(banded) == len(stretch):
+            upper = " ".join(f"{x_of(i):.1f},{y_of(points[i]['ci95'][1]):.1f}" for i in stretch)
+            lower = " ".join(
+                f"{x_of(i):.1f},{y_of(points[i]['ci95'][0]):.1f}" for i in reversed(stretch)
+            )
+            body.append(
+                f'<polygon class="band" points="{upper} {lower}" fill="{TREND_LINE}" '
+                f'fill-opacity="0.18"/>'
+            )
+        else:  # a lone point, or an interval missing somewhere: one bar per interval
+            for i in banded:
+                lo, hi = points[i]["ci95"]
+                body.append(
+                    f'<rect class="band" x="{x_of(i) - 5:.1f}" y="{y_of(hi):.1f}" width="10" '
+                    f'height="{max(y_of(lo) - y_of(hi), 1):.1f}" fill="{TREND_LINE}" '
+                    f'fill-opacity="0.18"/>'
+                )
+        if len(stretch) >= 2:
+            line = " ".join(f"{x_of(i):.1f},{y_of(points[i]['value']):.1f}" for i in stretch)
+            body.append(
+                f'<polyline class="line" points="{line}" fill="none" stroke="{TREND_LINE}" '
+                f'stroke-width="2"/>'
+            )
+    described: list[str] = []
+    for index, point in enumerate(points):
+        x = x_of(index)
+        label = f"run {point['number']}"
+        body.append(
+            f'<text x="{x:.1f}" y="{bottom + 18}" text-anchor="middle" font-size="11" '
+            f'fill="{MUTED}">{escape(label)}</text>'
+        )
+        value = point.get("value")
+        if value is not None:
+            interval = point.get("ci95")
+            said = f"{label}: {shown(value)}"
+            if interval:
+                said += f" (95% interval {shown(interval[0])} to {shown(interval[1])})"
+            if point.get("significant"):
+                said += ", a significant change from the run before"
+            body.append(
+                f'<circle class="point{" significant" if point.get("significant") else ""}" '
+                f'cx="{x:.1f}" cy="{y_of(value):.1f}" r="{6 if point.get("significant") else 4}" '
+                f'fill="{TREND_LINE}"><title>{escape(said)}</title></circle>'
+            )
+        else:
+            said = (
+                f"{label}: hidden: fewer than {min_group} answers"
+                if point.get("hidden")
+                else f"{label}: no answers"
+            )
+            body.append(
+                f'<g class="gap"><line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{bottom}" '
+                f'stroke="{MUTED}" stroke-dasharray="3 3"/>'
+                f'<text x="{x:.1f}" y="{bottom + 32}" text-anchor="middle" font-size="10" '
+                f'fill="{MUTED}">{"hidden" if point.get("hidden") else "no answers"}</text>'
+                f"<title>{escape(said)}</title></g>"
+            )
+        described.append(said)
+    what = "mean on a 1 to 5 scale" if kind == "likert" else "eNPS from −100 to +100"
+    desc = f"{what} per run, with its 95% interval as a band. " + "; ".join(described) + "."
+    return _svg_named("trend", chart_id, text, desc, height, "".join(body))
+
+
+def _heat_colour(value: float) -> tuple[str, str]:
+    """Fill and text colour of a 1–5 mean: red at 1, pale at 3, blue at 5."""
+    cold, mid, warm = (0xB3, 0x26, 0x1E), (0xF4, 0xEF, 0xE6), (0x1D, 0x4F, 0x9C)
+    share = min(max((value - 1) / 4, 0.0), 1.0)
+    start, end, t = (cold, mid, share * 2) if share <= 0.5 else (mid, warm, share * 2 - 1)
+    rgb = tuple(round(a + (b - a) * t) for a, b in zip(start, end, strict=True))
+    text = "#ffffff" if abs(share - 0.5) > 0.3 else INK
+    return "#{:02x}{:02x}{:02x}".format(*rgb), text
+
+
+def adkar_heatmap(
+    chart_id: str,
+    text: str,
+    stages: Sequence[str],
+    rows: Sequence[dict[str, Any]],
+) -> Markup:
+    """ADKAR scores per group: one row per group (`label`), one column per stage; a cell is
+    the published mean (1–5) coloured from red to blue, or hidden. A row has `cells`
+    {stage: mean or None}, `hidden` {stages held back} and `barrier` (a stage, "unknown" or
+    None), marked with a thick outline. A row whose group is hidden has `suppressed`: it
+    carries its label and the word "hidden", nothing else (no figure reaches this function
+    for it)."""
+    label_width, cell, row_height, head = 110, (WIDTH - 110) / max(len(stages), 1), 30, 22
+    height = head + row_height * max(len(rows), 1) + 4
+    body: list[str] = []
+    for column, stage in enumerate(stages):
+        body.append(
+            f'<text x="{label_width + cell * column + cell / 2:.1f}" y="15" '
+            f'text-anchor="middle" font-size="10" fill="{INK}"'
+            + (
+                f' textLength="{cell - 4:.1f}" lengthAdjust="spacingAndGlyphs"'
+                if len(stage) > 9
+                else ""
+            )
+            + f">{escape(stage.title())}</text>"
+        )
+    described: list[str] = []
+    for index, row in enumerate(rows):
+        y = head + index * row_height
+        name = str(row["label"])
+        short = name if len(name) <= 19 else name[:18] + "…"
+        body.append(
+            f'<text x="{label_width - 6}" y="{y + 19}" text-anchor="end" font-size="10" '
+            f'fill="{INK}">{escape(short)}</text>'
+        )
+        if row.get("suppressed"):
+            body.append(
+                f'<rect class="hidden" x="{label_width}" y="{y + 2}" '
+                f'width="{cell * len(stages):.1f}" height="{row_height - 4}" fill="{HIDDEN}">'
+                f"<title>{escape(name)}: hidden (too few answers)</title></rect>"
+                f'<text x="{label_width + cell * len(stages) / 2:.1f}" y="{y + 19}" '
+                f'text-anchor="middle" font-size="11" fill="{MUTED}">hidden</text>'
+            )
+            described.append(f"{name}: hidden (too few answers)")
+            continue
+        said: list[str] = []
+        for column, stage in enumerate(stages):
+            x = label_width + cell * column
+            value = row["cells"].get(stage)
+            barrier = row.get("barrier") == stage
+            if value is None:
+                word = "hidden" if stage in row.get("hidden", ()) else "none"
+                body.append(
+                    f'<rect class="hidden" x="{x + 1:.1f}" y="{y + 2}" width="{cell - 2:.1f}" '
+                    f'height="{row_height - 4}" fill="{HIDDEN}"><title>{escape(name)}, {stage}: '
+                    f"{word}</title></rect>"
+                    f'<text x="{x + cell / 2:.1f}" y="{y + 19}" text-anchor="middle" '
+                    f'font-size="10" fill="{MUTED}">{word}</text>'
+                )
+                said.append(f"{stage} {word}")
+                continue
+            fill, ink = _heat_colour(float(value))
+            outline = f' stroke="{INK}" stroke-width="3"' if barrier else ""
+            note = ", the barrier point" if barrier else ""
+            body.append(
+                f'<rect class="cell{" barrier" if barrier else ""}" x="{x + 1:.1f}" '
+                f'y="{y + 2}" width="{cell - 2:.1f}" height="{row_height - 4}" fill="{fill}"'
+                f"{outline}><title>{escape(name)}, {stage}: {value:.2f}{note}</title></rect>"
+                f'<text x="{x + cell / 2:.1f}" y="{y + 19}" text-anchor="middle" '
+                f'font-size="11" fill="{ink}">{value:.1f}{" ▲" if barrier else ""}</text>'
+            )
+            said.append(f"{stage} {value:.2f}{note}")
+        barrier = row.get("barrier")
+        tail = (
+            f"; barrier {barrier}"
+            if barrier and barrier != "unknown"
+            else "; barrier unknown (an earlier stage is hidden)"
+            if barrier == "unknown"
+            else "; no barrier"
+        )
+        described.append(f"{name}: " + ", ".join(said) + tail)
+    desc = (
+        "ADKAR stage means (1 to 5) per group; the barrier point is the first stage at 3 or "
+        "below. " + "; ".join(described) + "."
+    )
+    return _svg_named("heatmap", chart_id, text, desc, height, "".join(body))
