@@ -160,6 +160,8 @@ def test_a_comms_leads_day(served: tuple[Service, str, Any], browser: Any) -> No
         for n in range(14)
     ]
     insert_run(service.db, survey, invitations=[a[1] for a in answers] * 2, responses=answers)
+    later = [({**a, "ability": 2, "confidence": 2}, seg) for a, seg in answers]  # a barrier
+    insert_run(service.db, survey, invitations=[a[1] for a in later] * 2, responses=later, number=2)
     OUTPUT.mkdir(parents=True, exist_ok=True)
     for old in OUTPUT.glob("*.png"):
         old.unlink()
@@ -234,16 +236,41 @@ def test_a_comms_leads_day(served: tuple[Service, str, Any], browser: Any) -> No
     browser.find_element(By.LINK_TEXT, "Surveys").click()
     wait(browser, lambda d: "How ready do you feel" in d.page_source)
     shoot(browser, "09-surveys")
-    browser.find_element(By.LINK_TEXT, "Results").click()
+    browser.find_elements(By.LINK_TEXT, "Results")[0].click()  # the latest run first
     wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "svg.chart")) == 7)
     assert "eNPS" in browser.page_source and "More floorwalkers" in browser.page_source
+    # The ADKAR heat map per group, with the barrier marked and one click to what helps.
+    heat = browser.find_element(By.CSS_SELECTOR, ".survey-heat")
+    assert "Coventry DC" in heat.text and "ability" in heat.text.lower()
     shoot(browser, "10-results")
+    heat.find_elements(By.PARTIAL_LINK_TEXT, "what helps")[0].click()
+    wait(browser, lambda d: "the barrier is ability" in text_of(d, "h1"))
+    assert "A targeted announcement" in browser.page_source
+    shoot(browser, "11-barrier")
 
-    # The timeline and the knowledge base.
+    # Trends across the two runs, with their confidence bands.
+    browser.get(browser.current_url.split("/console/")[0] + "/console/surveys/readiness")
+    wait(browser, lambda d: "Trends across runs" in d.page_source)
+    assert browser.find_elements(By.CSS_SELECTOR, "svg.survey-chart")
+    shoot(browser, "12-trends")
+
+    # The timeline: move go-live a week and see what moves before saving anything.
     browser.find_element(By.LINK_TEXT, "Timeline").click()
     wait(browser, lambda d: "milestone" in text_of(d, "main") and "go_live" in d.page_source)
-    shoot(browser, "11-timeline")
+    shoot(browser, "13-timeline")
+    rollout = service.settings.content_dir / "schedules/rollout.yaml"
+    before = rollout.read_text(encoding="utf-8")
+    browser.execute_script(
+        "document.getElementById('move-milestone').value = 'go_live';"
+        "document.getElementById('move-day').value = '2027-04-13';"
+    )
+    browser.find_element(By.CSS_SELECTOR, ".move-form button").click()
+    wait(browser, lambda d: "→" in text_of(d, "#move-preview"))
+    assert "go_live" in text_of(browser, "#move-preview")
+    shoot(browser, "14-move-preview")
+    assert rollout.read_text(encoding="utf-8") == before  # nothing saved by a preview
+
     browser.find_element(By.LINK_TEXT, "Knowledge base").click()
     wait(browser, lambda d: "What it is missing" in d.page_source)
-    shoot(browser, "12-knowledge")
-    assert len(list(OUTPUT.glob("*.png"))) == 24
+    shoot(browser, "15-knowledge")
+    assert len(list(OUTPUT.glob("*.png"))) == 30
