@@ -106,30 +106,19 @@ def save_template(
     *,
     author_name: str,
     author_email: str,
+    message: str = "",
 ) -> Saved:
     """Write the template atomically (a temporary file in the same folder, then
     `os.replace`), then commit it with the admin as author when the content folder is a git
     repository. Check it first with `check_template`: this writes whatever it is given."""
-    path = template_path(content_dir, template_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not text.endswith("\n"):
-        text += "\n"
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        if path.exists():
-            shutil.copymode(path, temporary)
-        else:
-            os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    commit, note = _commit(content_dir, path, template_id, author_name, author_email)
-    return Saved(path, commit, note)
+    return save_content_file(
+        content_dir,
+        template_path(content_dir, template_id),
+        text,
+        message=message or f"Edit announcement template {template_id} (console)",
+        author_name=author_name,
+        author_email=author_email,
+    )
 
 
 def _git(content_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -141,44 +130,6 @@ def _git(content_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
         check=False,
         env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
     )
-
-
-def _commit(
-    content_dir: Path, path: Path, template_id: str, name: str, email: str
-) -> tuple[str, str]:
-    """(commit hash, "") after a commit; ("", why not) otherwise. Never raises."""
-    if shutil.which("git") is None:
-        return "", "not committed: git is not installed"
-    try:
-        inside = _git(content_dir, "rev-parse", "--is-inside-work-tree")
-        if inside.returncode != 0 or inside.stdout.strip() != "true":
-            return "", ""  # not a repository: nothing to commit to
-        relative = os.path.relpath(path, content_dir)
-        added = _git(content_dir, "add", "--", relative)
-        if added.returncode != 0:
-            return "", f"not committed: git add failed: {added.stderr.strip()[:200]}"
-        if _git(content_dir, "diff", "--cached", "--quiet", "--", relative).returncode == 0:
-            return "", "no change to commit"
-        done = _git(
-            content_dir,
-            "-c",
-            f"user.name={name}",
-            "-c",
-            f"user.email={email}",
-            "commit",
-            "--quiet",
-            "-m",
-            f"Edit announcement template {template_id} (console)",
-            "--",
-            relative,
-        )
-        if done.returncode != 0:
-            return "", f"not committed: git commit failed: {done.stderr.strip()[:200]}"
-        head = _git(content_dir, "rev-parse", "--short", "HEAD")
-        return head.stdout.strip(), ""
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        log.warning("committing %s failed: %s", path, exc)
-        return "", f"not committed: {exc}"
 
 
 # --- other content files (the timeline's milestone moves) ---------------------------------
@@ -263,69 +214,17 @@ def save_file(
     author_email: str,
     message: str,
 ) -> Saved:
-    """Write a content file atomically (a temporary file in the same folder, then
-    `os.replace`, keeping its mode), then commit it with the admin as author and `message`
-    when the content folder is a git repository. Check it first (`check_content`): this
-    writes whatever it is given."""
-    path = content_path(content_dir, relative)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not text.endswith("\n"):
-        text += "\n"
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        if path.exists():
-            shutil.copymode(path, temporary)
-        else:
-            os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    commit, note = _commit_file(content_dir, path, message, author_name, author_email)
-    return Saved(path, commit, note)
-
-
-def _commit_file(
-    content_dir: Path, path: Path, message: str, name: str, email: str
-) -> tuple[str, str]:
-    """(commit hash, "") after committing `path` alone; ("", why not) otherwise. Never
-    raises."""
-    if shutil.which("git") is None:
-        return "", "not committed: git is not installed"
-    try:
-        inside = _git(content_dir, "rev-parse", "--is-inside-work-tree")
-        if inside.returncode != 0 or inside.stdout.strip() != "true":
-            return "", ""  # not a repository: nothing to commit to
-        relative = os.path.relpath(path, content_dir)
-        added = _git(content_dir, "add", "--", relative)
-        if added.returncode != 0:
-            return "", f"not committed: git add failed: {added.stderr.strip()[:200]}"
-        if _git(content_dir, "diff", "--cached", "--quiet", "--", relative).returncode == 0:
-            return "", "no change to commit"
-        done = _git(
-            content_dir,
-            "-c",
-            f"user.name={name}",
-            "-c",
-            f"user.email={email}",
-            "commit",
-            "--quiet",
-            "-m",
-            message,
-            "--",
-            relative,
-        )
-        if done.returncode != 0:
-            return "", f"not committed: git commit failed: {done.stderr.strip()[:200]}"
-        head = _git(content_dir, "rev-parse", "--short", "HEAD")
-        return head.stdout.strip(), ""
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        log.warning("committing %s failed: %s", path, exc)
-        return "", f"not committed: {exc}"
+    """`save_content_file` for a path relative to the content folder (e.g.
+    `schedules/rollout.yaml`). Check it first (`check_content`): this writes whatever it is
+    given."""
+    return save_content_file(
+        content_dir,
+        content_path(content_dir, relative),
+        text,
+        message=message,
+        author_name=author_name,
+        author_email=author_email,
+    )
 
 
 def set_milestone(text: str, name: str, day: date) -> str:

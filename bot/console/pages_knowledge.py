@@ -412,7 +412,14 @@ def register(app: Flask, console: Console, page: Page) -> None:
         )
         if problems:  # the content folder itself is broken in a way the skeleton meets
             return refuse("; ".join(str(p) for p in problems[:3]))
-        saved = save_template(root, template_id, text, author_name=name, author_email=email)
+        saved = save_template(
+            root,
+            template_id,
+            text,
+            author_name=name,
+            author_email=email,
+            message=f"Create announcement template {template_id} (console)",
+        )
         errors = console.announcer.load()
         if errors:
             log.warning("console: content has errors after creating %s: %s", template_id, errors)

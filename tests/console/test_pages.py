@@ -459,7 +459,7 @@ def test_a_new_template_is_refused_for_a_bad_or_taken_id_then_created_committed_
     assert "Created messages/announcements/payroll-reminder.md" in editor.text
     assert "No errors" in editor.text and 'data-testid="slack-preview"' in editor.text
     assert git("log", "-1", "--format=%an|%s") == (
-        "chika|Edit announcement template payroll-reminder (console)"
+        "chika|Create announcement template payroll-reminder (console)"
     )
     assert (
         ADMIN,
