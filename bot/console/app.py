@@ -43,7 +43,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers.response import Response as Redirect
 
 from bot.config import Settings
-from bot.console import pages_knowledge, pages_surveys, pages_timeline
+from bot.console import pages_files, pages_knowledge, pages_surveys, pages_timeline
 from bot.console.content import Problem, check_template, save_template, template_path
 from bot.console.links import ConsoleLinks, SignedIn
 from bot.console.render import message_html
@@ -220,6 +220,17 @@ class Console:
     @property
     def zone(self) -> ZoneInfo:
         return self.announcer.content.rollout.zone
+
+    def reload_content(self, why: str) -> None:
+        """Reload everything after a console save, so the next page is current (the running
+        bot's file watcher reloads too); errors are logged, the last good content stays."""
+        errors = [*self.announcer.load(), *self.service.surveys.load()]
+        try:
+            errors += self.service.desk.engine.load()
+        except Exception:
+            log.exception("console: reloading the knowledge base after %s failed", why)
+        if errors:
+            log.warning("console: content has errors after %s: %s", why, errors)
 
     def person(self, user_id: str) -> tuple[str, str]:
         """(name, email) of a person, from the directory (cached a few minutes)."""
@@ -897,6 +908,7 @@ def create_app(console: Console) -> Flask:
     pages_timeline.register(app, console, page)
     pages_surveys.register(app, console, page)
     pages_knowledge.register(app, console, page)
+    pages_files.register(app, console, page)
     return app
 
 

@@ -485,14 +485,7 @@ def register(app: Flask, console: Console, page: Page) -> None:
             author_email=_sanitize(email, 200) or f"{signed.user_id}@mobilize.invalid",
             message=f"Move milestone {name} from {old_day} to {new_day} (console)",
         )
-        # The running bot's watcher reloads too; be current at once, as a template save is.
-        errors = [*console.announcer.load(), *console.service.surveys.load()]
-        try:
-            errors += console.service.desk.engine.load()
-        except Exception:
-            log.exception("console: reloading the knowledge base after moving %s failed", name)
-        if errors:
-            log.warning("console: content has errors after moving %s: %s", name, errors)
+        console.reload_content(f"moving {name}")
         record(
             db,
             actor=signed.user_id,
