@@ -17,12 +17,17 @@ from sqlmodel import Session, select
 
 from bot.config import get_settings
 from bot.core.content import ContentErrors
-from bot.core.surveys.actions import Refused, check_closable, check_shareable, parse_audiences
+from bot.core.surveys.actions import (
+    Refused,
+    check_closable,
+    check_shareable,
+    export_table,
+    parse_audiences,
+)
 from bot.core.surveys.definitions import MAX_OPEN_DAYS, Survey
 from bot.core.surveys.privacy import SecretMissing, create_secret_file
 from bot.core.surveys.report import (
     SUPPRESSED,
-    export_rows,
     run_results,
     runs_of,
     trend_results,
@@ -280,30 +285,12 @@ def export_command(
     survey = _survey(runner, survey_id)
     target = _run(runner.db, survey_id, run)
     _closed(target, survey_id)
-    assert target.id is not None
-    writer = csv.writer(sys.stdout)
-    if target.anonymity != "named":
-        report = run_results(db=runner.db, survey=survey, run_id=target.id)
-        if report["overall"].get(SUPPRESSED):
-            console.print(
-                f"Only {report['overall']['responses']} responses: fewer than "
-                f"{target.min_group}, nothing to export."
-            )
-            return
-        writer.writerows(export_rows(survey, report))
+    try:
+        rows = export_table(db=runner.db, survey=survey, run=target)
+    except Refused as exc:
+        console.print(str(exc))
         return
-    with Session(runner.db) as session:
-        responses = session.exec(
-            select(SurveyResponse).where(SurveyResponse.run_id == target.id)
-        ).all()
-    writer.writerow(["user"] + [q.id for q in survey.questions])
-    for response in sorted(responses, key=lambda r: r.user_id or ""):
-        answers = json.loads(response.answers)
-        cells = [
-            ";".join(v) if isinstance(v := answers.get(q.id, ""), list) else str(v)
-            for q in survey.questions
-        ]
-        writer.writerow([response.user_id or "", *cells])
+    csv.writer(sys.stdout).writerows(rows)
 
 
 @app.command("share")

@@ -29,13 +29,15 @@ suppression layer: small groups, complementary and difference suppression) and
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from flask import Flask, abort, flash, g, redirect, request, url_for
+from flask import Flask, Response, abort, flash, g, redirect, request, url_for
 from markupsafe import Markup
 from sqlalchemy import func
 from sqlmodel import Session, col, select
@@ -45,7 +47,7 @@ from bot.console import charts
 from bot.console.render import message_html
 from bot.core.announcements.templates import SAMPLE_USER, Template, TemplateRenderError, render
 from bot.core.faq.kb import FaqEntry
-from bot.core.surveys.actions import Refused, check_closable, check_shareable
+from bot.core.surveys.actions import Refused, check_closable, check_shareable, export_table
 from bot.core.surveys.definitions import LIKERT_LABELS, MAX_OPEN_DAYS, Segment, Survey
 from bot.core.surveys.privacy import SecretMissing
 from bot.core.surveys.report import (
@@ -234,6 +236,32 @@ def register(app: Flask, console: Console, page: Page) -> None:
             else None
         )
         return {"stages": stages, "rows": rows, "chart": chart}
+
+    @app.get("/surveys/<survey_id>/runs/<int:number>/export.csv")
+    def survey_export(survey_id: str, number: int) -> Response:
+        """`mobilize survey export` in the browser: published figures only (named runs: one
+        row per person), spreadsheet-safe cells; refused while open or when all is hidden."""
+        survey = _survey(survey_id)
+        run = _run(survey_id, number)
+        try:
+            rows = export_table(db=db, survey=survey, run=run)
+        except Refused as exc:
+            abort(409, str(exc))
+        out = io.StringIO()
+        csv.writer(out).writerows(rows)
+        signed: SignedIn = g.signed
+        record(
+            db,
+            actor=signed.user_id,
+            action="console.survey.export",
+            detail=f"{survey_id} run {number} ({len(rows) - 1} rows)",
+        )
+        name = f"{survey_id}-run-{number}.csv"
+        return Response(
+            out.getvalue(),
+            mimetype="text/csv",
+            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        )
 
     @app.get("/surveys/<survey_id>/runs/<int:number>")
     def results(survey_id: str, number: int) -> tuple[str, int]:

@@ -455,3 +455,38 @@ def test_the_quick_survey_without_adkar_has_no_heat_map(
     assert client.get("/console/surveys/quick").status_code == 200
     with Session(service.db) as session:
         assert session.exec(select(SurveyRun)).one().survey_id == "quick"
+
+
+# --- export ---------------------------------------------------------------------------------
+
+
+def test_the_csv_export_holds_published_figures_only_and_spreadsheet_safe_comments(
+    client: Client, csrf: str, service: Service
+) -> None:
+    answered = rows(8, {"site": "Coventry DC"})
+    for n in range(5):  # comments show once at least min_group people wrote one
+        answered[n][0]["comment"] = f"More floorwalkers {n}"
+    answered[0][0]["comment"] = '=HYPERLINK("http://evil.example","click")'
+    answered += rows(2, {"site": "Head office"}, scores={"ability": 1})  # too few to show
+    insert(service, answered)
+    response = client.get("/console/surveys/readiness/runs/1/export.csv")
+    assert response.status_code == 200 and response.mimetype == "text/csv"
+    text = response.get_data(as_text=True)
+    assert text.splitlines()[0] == "segment,group,question,value,count"
+    assert ",everyone,responses,,10" in text and "Head office" not in text
+    assert "'=HYPERLINK(" in text and "\n=HYPERLINK" not in text and ",=HYPERLINK" not in text
+    rows_out = len(text.splitlines()) - 1
+    assert (ADMIN, "console.survey.export", f"readiness run 1 ({rows_out} rows)") in actions(
+        service
+    )
+
+
+def test_an_export_is_refused_while_open_or_when_everything_is_hidden(
+    client: Client, csrf: str, service: Service
+) -> None:
+    insert(service, rows(8, {"site": "Coventry DC"}), state="open")
+    insert(service, rows(2, {"site": "Coventry DC"}), number=2)
+    still_open = client.get("/console/surveys/readiness/runs/1/export.csv")
+    assert still_open.status_code == 409 and "still open" in still_open.text
+    hidden = client.get("/console/surveys/readiness/runs/2/export.csv")
+    assert hidden.status_code == 409 and "nothing to export" in hidden.text
