@@ -17,10 +17,15 @@ only the first run pays for encoding (~70 s for both datasets on 2 cores); `--ca
 another folder (a fresh one: every vector from the chosen `--backend`).
 
 The encoder is the serving one, ONNX Runtime (its export kept in <cache>/models/); `--backend
-torch` runs PyTorch instead. Beside p50/p99 from `evaluate`, each row times 500 of the same
-questions through two fresh matchers over the same knowledge-base vectors, ONNX (cmp_p50_ms,
-cmp_p99_ms) and the PyTorch encoder (base_p50_ms, base_p99_ms), interleaved, so the ratio holds
-on a noisy machine (`--no-baseline` skips it).
+torch` runs PyTorch instead.
+
+Every figure has a baseline measured in the same run, so a ratio holds on a noisy machine:
+  - top1 beside nn_top1: plain nearest-phrasing cosine over the same MiniLM vectors (no head,
+    no lexical signal, no combiner); with `--lexical`, the nearest phrasing by TF-IDF cosine;
+  - p50/p99 (from `evaluate`) beside enc_p50_ms/enc_p99_ms: the bare query encoder on the same
+    questions. 500 questions are also timed interleaved, question by question, through a fresh
+    matcher (cmp_p50_ms, cmp_p99_ms) and the bare encoder (enc_*), and, unless `--no-baseline`,
+    through a fresh matcher on the PyTorch encoder (base_p50_ms, base_p99_ms).
 
 `--fit` reproduces how bot/core/faq/combine.py's SEMANTIC/LEXICAL weights were chosen: every
 training phrasing of the four knowledge bases is held out once (5 folds) and ranked against a
@@ -44,14 +49,14 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
-from bot.core.faq.combine import SIZE_RANGE
+from bot.core.faq.combine import LEXICAL, SIZE_RANGE
 from bot.core.faq.embed import (
     DEFAULT_MODEL,
     CachedEmbedder,
@@ -70,6 +75,7 @@ DATASETS = ("banking77", "hwu64")
 KBS = ("10shot", "full")
 COLUMNS = (
     "top1",
+    "nn_top1",
     "top3",
     "mrr",
     "answer_rate",
@@ -78,6 +84,10 @@ COLUMNS = (
     "oos_rejection",
     "p50_ms",
     "p99_ms",
+    "cmp_p50_ms",
+    "cmp_p99_ms",
+    "enc_p50_ms",
+    "enc_p99_ms",
     "base_p50_ms",
     "base_p99_ms",
 )
@@ -192,7 +202,7 @@ def run_one(
     # the 1-minute load near 1.
     load = max(load_before, os.getloadavg()[0])
     compared: dict[str, float] = {}
-    if baseline is not None and embedder is not None:
+    if embedder is not None and matcher.semantic:
         compared = compare_latency(entries, cases, policy, embedder, baseline)
     return {
         "dataset": dataset,
@@ -201,6 +211,7 @@ def run_one(
         "entries": len(entries),
         "phrasings": len(phrasings),
         **report,
+        "nn_top1": nearest_phrasing_top1(matcher, cases, embedder),
         "kb_embed_s": round(embed_s, 2),
         "build_s": round(build_s, 2),
         "calibrate_s": round(calibrate_s, 2),
@@ -210,32 +221,66 @@ def run_one(
     }
 
 
+def nearest_phrasing_top1(
+    matcher: Matcher, cases: Sequence[EvalCase], embedder: Embedder | None
+) -> float | None:
+    """Top-1 of the plain baseline: the entry of the phrasing with the highest MiniLM cosine,
+    or, for a lexical matcher, the highest TF-IDF cosine."""
+    scoped = [case for case in cases if case.expected_id is not None]
+    if not scoped:
+        return None
+    questions = [case.question for case in scoped]
+    vectors = matcher.phrasing_vectors
+    if vectors is not None and embedder is not None:
+        inner = embedder.inner if isinstance(embedder, CachedEmbedder) else embedder
+        queries = inner.encode(questions)  # batched: not a latency
+        best = matcher.phrasing_entries[np.argmax(queries @ vectors.T, axis=1)]
+    else:
+        tfmax = LEXICAL.signals.index("tfmax")
+        best = np.argmax(matcher.signals(questions, None)[:, :, tfmax], axis=1)
+    hits = sum(
+        matcher.entry_ids[entry] == case.expected_id
+        for entry, case in zip(best.tolist(), scoped, strict=True)
+    )
+    return round(hits / len(scoped), 4)
+
+
 def compare_latency(
     entries: Entries,
     cases: Sequence[EvalCase],
     policy: Policy,
     embedder: Embedder,
-    baseline: Embedder,
+    baseline: Embedder | None,
 ) -> dict[str, float]:
-    """Per-question latency (rank + decide, query embedding included) of fresh matchers over
-    the same knowledge-base vectors, one with `embedder`, one with `baseline` (the PyTorch
-    encoder), on the same questions, interleaved so that machine noise hits both alike."""
-    if isinstance(embedder, CachedEmbedder):
-        baseline = CachedEmbedder(baseline, embedder.cache)
-    matchers = [Matcher(entries, embedder=embedder), Matcher(entries, embedder=baseline)]
-    picked = np.random.default_rng(1).permutation(len(cases))[:BASELINE_QUESTIONS]
-    times: list[list[float]] = [[], []]
-    for turn, index in enumerate(picked.tolist()):
-        for which in (turn % 2, 1 - turn % 2):
-            started = time.perf_counter()
-            policy.decide(matchers[which].rank(cases[index].question, k=5))
-            times[which].append((time.perf_counter() - started) * 1000.0)
-    return {
-        "cmp_p50_ms": round(float(np.percentile(times[0], 50)), 2),
-        "cmp_p99_ms": round(float(np.percentile(times[0], 99)), 2),
-        "base_p50_ms": round(float(np.percentile(times[1], 50)), 2),
-        "base_p99_ms": round(float(np.percentile(times[1], 99)), 2),
+    """Per-question latency, on the same questions, interleaved so that machine noise hits all
+    alike: rank + decide through a fresh matcher (query embedding included; cmp_*), the bare
+    query encoder alone (enc_*), and, when `baseline` (the PyTorch encoder) is given, rank +
+    decide through a fresh matcher over the same knowledge-base vectors with it (base_*)."""
+    inner = embedder.inner if isinstance(embedder, CachedEmbedder) else embedder
+    matcher = Matcher(entries, embedder=embedder)
+    runs: dict[str, Callable[[str], object]] = {
+        "cmp": lambda q: policy.decide(matcher.rank(q, k=5)),
+        "enc": lambda q: inner.encode([q]),
     }
+    if baseline is not None:
+        if isinstance(embedder, CachedEmbedder):
+            baseline = CachedEmbedder(baseline, embedder.cache)
+        base_matcher = Matcher(entries, embedder=baseline)
+        runs["base"] = lambda q: policy.decide(base_matcher.rank(q, k=5))
+    names = list(runs)
+    picked = np.random.default_rng(1).permutation(len(cases))[:BASELINE_QUESTIONS]
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for turn, index in enumerate(picked.tolist()):
+        question = cases[index].question
+        for name in names[turn % len(names) :] + names[: turn % len(names)]:
+            started = time.perf_counter()
+            runs[name](question)
+            times[name].append((time.perf_counter() - started) * 1000.0)
+    result: dict[str, float] = {}
+    for name in names:
+        result[f"{name}_p50_ms"] = round(float(np.percentile(times[name], 50)), 2)
+        result[f"{name}_p99_ms"] = round(float(np.percentile(times[name], 99)), 2)
+    return result
 
 
 def print_table(rows: Sequence[Mapping[str, float | int | str | None]]) -> None:
@@ -244,8 +289,6 @@ def print_table(rows: Sequence[Mapping[str, float | int | str | None]]) -> None:
         "kb",
         "phrasings",
         *COLUMNS,
-        "cmp_p50_ms",
-        "cmp_p99_ms",
         "kb_embed_s",
         "build_s",
         "calibrate_s",

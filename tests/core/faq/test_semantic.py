@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -41,3 +43,35 @@ def test_signals_shapes_and_nearest_phrasing() -> None:
     np.testing.assert_array_equal(
         segment_max(np.array([[1.0, 3.0, 2.0]]), np.array([0, 2])), [[3.0, 2.0]]
     )
+
+
+def test_head_is_deterministic_and_needs_no_scikit_learn(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The serving process never imports scikit-learn: the head is fitted with numpy alone, so
+    # it fits the same (bit for bit) whether or not scikit-learn is installed.
+    vectors, labels = synthetic()
+    first = SemanticModel.fit(vectors, labels, 6)
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # `import sklearn` now fails
+    with pytest.raises(ImportError):
+        import sklearn  # noqa: F401
+    second = SemanticModel.fit(vectors, labels, 6)
+    np.testing.assert_array_equal(first.lr_weights, second.lr_weights)
+    np.testing.assert_array_equal(first.lr_bias, second.lr_bias)
+    starts = np.searchsorted(labels, np.arange(6)).astype(np.int64)
+    for a, b in zip(first.signals(vectors, starts), second.signals(vectors, starts), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_head_is_fitted_on_the_given_phrasings_only() -> None:
+    # A head fitted without entry 0's first phrasing does not depend on it: changing that
+    # phrasing's vector leaves the fit unchanged, while it changes a head that includes it.
+    vectors, labels = synthetic()
+    keep = np.ones(len(labels), dtype=np.bool_)
+    keep[0] = False
+    moved = vectors.copy()
+    moved[0] = -moved[0]
+    held_out = SemanticModel.fit(vectors[keep], labels[keep], 6)
+    held_out_moved = SemanticModel.fit(moved[keep], labels[keep], 6)
+    np.testing.assert_array_equal(held_out.lr_weights, held_out_moved.lr_weights)
+    with_it = SemanticModel.fit(vectors, labels, 6)
+    with_moved = SemanticModel.fit(moved, labels, 6)
+    assert not np.allclose(with_it.lr_weights, with_moved.lr_weights)
