@@ -12,8 +12,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import Engine, func
-from sqlmodel import Session, select
+from sqlalchemy import Engine
+from sqlmodel import Session
 
 from bot.config import get_settings
 from bot.core.content import ContentErrors
@@ -28,6 +28,7 @@ from bot.core.surveys.definitions import MAX_OPEN_DAYS, Survey
 from bot.core.surveys.privacy import SecretMissing, create_secret_file
 from bot.core.surveys.report import (
     SUPPRESSED,
+    run_counts,
     run_results,
     runs_of,
     trend_results,
@@ -35,7 +36,7 @@ from bot.core.surveys.report import (
 from bot.core.surveys.results import UNKNOWN
 from bot.core.surveys.runner import SurveyRunner
 from bot.store.audit import record
-from bot.store.models import SurveyInvitation, SurveyResponse, SurveyRun
+from bot.store.models import SurveyRun
 
 app = typer.Typer(
     help="Pulse surveys: start, close, status, results, export, share.", no_args_is_help=True
@@ -163,12 +164,7 @@ def status_command(
     rows: list[dict[str, Any]] = []
     with Session(runner.db) as session:
         for run in runs_of(runner.db, survey_id):
-            invited = session.exec(
-                select(func.count()).where(SurveyInvitation.run_id == run.id)
-            ).one()
-            answered = session.exec(
-                select(func.count()).where(SurveyResponse.run_id == run.id)
-            ).one()
+            invited, answered = run_counts(session, run.id)
             rows.append(
                 {
                     "run": run.number,

@@ -77,14 +77,12 @@ from bot.core.announcements.templates import (
 from bot.core.faq.desk import FaqDesk
 from bot.core.faq.kb import FaqEntry
 from bot.core.outbox import settle_unknown
-from bot.core.surveys.report import runs_of
+from bot.core.surveys.report import run_counts, runs_of
 from bot.core.surveys.runner import SurveyRunner
 from bot.store.audit import record
 from bot.store.models import (
     AnnouncementSend,
     Delivery,
-    SurveyInvitation,
-    SurveyResponse,
 )
 
 log = logging.getLogger(__name__)
@@ -616,10 +614,7 @@ def create_app(console: Console) -> Flask:
             detail=f"{relative}" + (f" (commit {saved.commit})" if saved.commit else ""),
         )
         message = f"Saved {relative}."
-        if saved.commit:
-            message += f" Committed as {saved.commit}."
-        elif saved.note:
-            message += f" ({saved.note})"
+        message += saved.outcome
         flash(message)
         return redirect(url_for("editor", template_id=template_id), 303)
 
@@ -985,12 +980,7 @@ def _survey_rows(console: Console) -> list[dict[str, Any]]:
     with Session(db) as work:
         for survey_id in sorted(console.service.surveys.surveys):
             for run in reversed(runs_of(db, survey_id)):
-                invited = work.exec(
-                    select(func.count()).where(SurveyInvitation.run_id == run.id)
-                ).one()
-                answered = work.exec(
-                    select(func.count()).where(SurveyResponse.run_id == run.id)
-                ).one()
+                invited, answered = run_counts(work, run.id)
                 found.append(
                     {
                         "survey": survey_id,

@@ -98,6 +98,13 @@ class Saved:
     commit: str = ""
     note: str = ""
 
+    @property
+    def outcome(self) -> str:
+        """What to add to "Saved …": the commit, or why there is none ("" outside git)."""
+        if self.commit:
+            return f" Committed as {self.commit}."
+        return f" ({self.note})" if self.note else ""
+
 
 def save_template(
     content_dir: Path,

@@ -179,9 +179,6 @@ def register(app: Flask, console: Console, page: Page) -> None:
             detail=f"{relative}" + (f" (commit {saved.commit})" if saved.commit else ""),
         )
         message = f"Saved {relative}."
-        if saved.commit:
-            message += f" Committed as {saved.commit}."
-        elif saved.note:
-            message += f" ({saved.note})"
+        message += saved.outcome
         flash(message)
         return redirect(url_for("file_edit", path=relative), 303)

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from flask import Flask, abort, flash, g, redirect, request, url_for
 from sqlalchemy import func
@@ -108,11 +108,6 @@ def register(app: Flask, console: Console, page: Page) -> None:
         errors = console.service.desk.engine.load()  # the running bot reloads too
         if errors:
             log.warning("console: content has errors after %s: %s", why, errors)
-
-    def committed(saved: Any) -> str:
-        if saved.commit:
-            return f" Committed as {saved.commit}."
-        return f" ({saved.note})" if saved.note else ""
 
     # --- the page -------------------------------------------------------------------------
 
@@ -246,7 +241,7 @@ def register(app: Flask, console: Console, page: Page) -> None:
                 db, actor=user_id, action="faq.approve_alternate", detail=f"{entry_id}: {phrasing}"
             )
         reload_faq(f"approving a phrasing of {entry_id}")
-        flash(f"Added “{phrasing}” to {relative}." + committed(saved))
+        flash(f"Added “{phrasing}” to {relative}." + saved.outcome)
         return back
 
     # --- drafts saved from escalations ----------------------------------------------------
@@ -351,7 +346,7 @@ def register(app: Flask, console: Console, page: Page) -> None:
             + (f" (commit {saved.commit})" if saved.commit else ""),
         )
         reload_faq(f"publishing {relative}")
-        flash(f"Published {relative}; the draft is removed." + committed(saved))
+        flash(f"Published {relative}; the draft is removed." + saved.outcome)
         return redirect(url_for("knowledge") + "#entries", 303)
 
     @app.post("/knowledge/drafts/<name>/discard")
@@ -379,7 +374,7 @@ def register(app: Flask, console: Console, page: Page) -> None:
             detail=f"messages/faq/drafts/{draft.name}.md"
             + (f" (commit {saved.commit})" if saved.commit else ""),
         )
-        flash(f"Discarded the draft {draft.name}." + committed(saved))
+        flash(f"Discarded the draft {draft.name}." + saved.outcome)
         return redirect(url_for("knowledge") + "#drafts", 303)
 
     # --- a new announcement template ------------------------------------------------------
@@ -432,7 +427,7 @@ def register(app: Flask, console: Console, page: Page) -> None:
         )
         flash(
             f"Created {relative} from a starting text: write the message, then Save."
-            + committed(saved)
+            + saved.outcome
         )
         return redirect(url_for("editor", template_id=template_id), 303)
 

@@ -498,10 +498,7 @@ def register(app: Flask, console: Console, page: Page) -> None:
             f"Moved {name} to {new_day:%a %d %b %Y}; {moved} planned message"
             f"{'' if moved == 1 else 's'} moved with it."
         )
-        if saved.commit:
-            message += f" Committed as {saved.commit}."
-        elif saved.note:
-            message += f" ({saved.note})"
+        message += saved.outcome
         flash(message)
         return redirect(url_for("timeline"), 303)
 

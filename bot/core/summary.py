@@ -15,7 +15,8 @@ from sqlmodel import Session, col, select
 
 from bot.core.announcements.plan import Plan, occurrences
 from bot.core.content import Rollout
-from bot.store.models import QuestionLog, SurveyInvitation, SurveyResponse, SurveyRun, as_utc
+from bot.core.surveys.report import run_counts
+from bot.store.models import QuestionLog, SurveyRun, as_utc
 
 NEXT_DAYS = 7  # how far ahead "next sends" looks
 NEXT_SENDS = 3  # how many of them the home shows
@@ -122,12 +123,7 @@ def admin_summary(
         for run in runs:
             if survey_ids is not None and run.survey_id not in survey_ids:
                 continue
-            invited = session.exec(
-                select(func.count()).where(SurveyInvitation.run_id == run.id)
-            ).one()
-            answered = session.exec(
-                select(func.count()).where(SurveyResponse.run_id == run.id)
-            ).one()
+            invited, answered = run_counts(session, run.id)
             closes = as_utc(run.closes_at).astimezone(zone)
             open_runs.append(OpenRun(run.survey_id, run.number, closes, invited, answered))
         since = now - WEEK

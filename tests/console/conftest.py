@@ -4,17 +4,20 @@ bot's web app, and a WSGI client that keeps cookies."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+import subprocess
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlmodel import Session, col, select
 from werkzeug.test import Client, TestResponse
 
 from bot.channels.slack.server import WebApp
 from bot.console import build_console
 from bot.console.app import Console
 from bot.service import Service
+from bot.store.models import AuditLog
 from tests.auxil.running import ADMIN, bot_settings
 from tests.slack.fake_slack import FakeSlack
 
@@ -92,3 +95,36 @@ def csrf_of(response: TestResponse) -> str:
     found = re.search(r'name="csrf" value="([^"]+)"', response.text)
     assert found, response.text[:500]
     return found.group(1)
+
+
+@pytest.fixture
+def csrf(client: Client, console: Console) -> str:
+    """An admin signed in on `client`: the session's CSRF token."""
+    return sign_in(client, console)
+
+
+def audited(service: Service) -> list[tuple[str, str, str]]:
+    """The audit log as (actor, action, detail), oldest first."""
+    with Session(service.db) as session:
+        rows = session.exec(select(AuditLog).order_by(col(AuditLog.id))).all()
+    return [(row.actor, row.action, row.detail) for row in rows]
+
+
+def git_in(root: Path) -> Callable[..., str]:
+    """`git -C root …`: its output; the command must succeed."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    return git
+
+
+def git_repo(root: Path) -> Callable[..., str]:
+    """Make the content folder a git repository with everything committed; its `git`."""
+    git = git_in(root)
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=Setup", "-c", "user.email=setup@example.com", "commit", "-qm", "start")
+    return git

@@ -4,31 +4,16 @@ audited, reloaded), and nothing outside messages/ and schedules/ reachable."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
-from sqlmodel import Session, col, select
 from werkzeug.test import Client
 
-from bot.console.app import Console
 from bot.service import Service
-from bot.store.models import AuditLog
 from tests.auxil.running import ADMIN
-from tests.console.conftest import csrf_of, sign_in
+from tests.console.conftest import audited, csrf_of, git_repo
 
 PLAN = "schedules/announcements.yaml"
-
-
-@pytest.fixture
-def csrf(client: Client, console: Console) -> str:
-    return sign_in(client, console)
-
-
-def audit(service: Service) -> list[tuple[str, str, str]]:
-    with Session(service.db) as session:
-        rows = session.exec(select(AuditLog).order_by(col(AuditLog.id))).all()
-    return [(row.actor, row.action, row.detail) for row in rows]
 
 
 def opened(client: Client, relative: str) -> tuple[str, str]:
@@ -76,14 +61,7 @@ def test_a_good_plan_edit_is_written_committed_audited_and_reloaded(
 ) -> None:
     root = service.settings.content_dir
 
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True)
-        assert done.returncode == 0, done.stderr
-        return done.stdout.strip()
-
-    git("init", "-q")
-    git("add", ".")
-    git("-c", "user.name=Setup", "-c", "user.email=setup@example.com", "commit", "-qm", "start")
+    git = git_repo(root)
     path = root / PLAN
     _text, base = opened(client, PLAN)
     edited = path.read_text(encoding="utf-8").replace(
@@ -102,7 +80,7 @@ def test_a_good_plan_edit_is_written_committed_audited_and_reloaded(
         ADMIN,
         "console.file.save",
         f"{PLAN} (commit {git('rev-parse', '--short', 'HEAD')})",
-    ) in audit(service)
+    ) in audited(service)
 
     # Saving over a change made since the page was opened is refused.
     stale = client.post(

@@ -3,21 +3,20 @@ report through the same core functions as `mobilize faq gaps`."""
 
 from __future__ import annotations
 
-import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 from werkzeug.test import Client
 
 from bot.console.app import Console
 from bot.core.faq.curation import with_alternate
 from bot.core.faq.gaps import gap_questions, group_gaps
 from bot.service import Service
-from bot.store.models import AuditLog, Escalation, Feedback, QuestionLog
+from bot.store.models import Escalation, Feedback, QuestionLog
 from tests.auxil.running import ADMIN
-from tests.console.conftest import Shift, sign_in
+from tests.console.conftest import Shift, audited, git_in, git_repo, sign_in
 
 
 def ask(service: Service, text: str, decision: str, entry: str | None = None) -> int:
@@ -85,21 +84,7 @@ def test_the_knowledge_base_needs_a_session(client: Client) -> None:
 
 
 def git(root: Path, *args: str) -> str:
-    done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
-
-
-def git_repo(root: Path) -> None:
-    git(root, "init", "-q")
-    git(root, "add", ".")
-    git(root, "-c", "user.name=Setup", "-c", "user.email=setup@example.com", "commit", "-qm", "0")
-
-
-def audit(service: Service) -> list[tuple[str, str, str]]:
-    with Session(service.db) as session:
-        rows = session.exec(select(AuditLog).order_by(col(AuditLog.id))).all()
-    return [(row.actor, row.action, row.detail) for row in rows]
+    return git_in(root)(*args)
 
 
 def picked(service: Service, text: str, entry: str) -> int:
@@ -142,7 +127,7 @@ def test_approving_a_picked_phrasing_writes_it_into_the_entry_file_and_commits(
     entry = service.desk.engine.state.kb.entries["reset-password"]  # reloaded
     assert phrasing in entry.alternates
     assert service.desk.engine.decide(phrasing).candidates[0].entry_id == "reset-password"
-    actor, action, detail = audit(service)[-1]
+    actor, action, detail = audited(service)[-1]
     assert (actor, action) == (ADMIN, "faq.approve_alternate")
     assert detail.startswith(f"reset-password: {phrasing} (console; messages/faq/reset-password.md")
     after = client.get(done.headers["Location"].split("#")[0])
@@ -229,7 +214,7 @@ def test_a_draft_with_an_error_shows_file_and_line_and_writes_nothing_then_publi
         f"chika|Publish FAQ entry canteen-kiosk from {draft.stem} (console)"
     )
     assert git(root, "status", "--porcelain") == ""  # the draft was never in git: nothing left
-    actor, action_name, detail = audit(service)[-1]
+    actor, action_name, detail = audited(service)[-1]
     assert (actor, action_name) == (ADMIN, "console.faq.publish")
     assert detail.startswith(f"messages/faq/canteen-kiosk.md from drafts/{draft.stem}.md (commit ")
     assert "Published messages/faq/canteen-kiosk.md" in client.get("/console/knowledge").text
@@ -251,7 +236,7 @@ def test_discarding_a_draft_needs_the_box_and_is_audited(
         f"chika|Discard FAQ draft {draft.stem} (console)"
     )
     assert git(root, "status", "--porcelain") == ""
-    assert audit(service)[-1][:2] == (ADMIN, "console.faq.discard")
+    assert audited(service)[-1][:2] == (ADMIN, "console.faq.discard")
     assert client.post(action, data={"csrf": csrf, "sure": "yes"}).status_code == 404
     assert (
         client.post("/console/knowledge/drafts/..%2Fx/discard", data={"csrf": csrf}).status_code

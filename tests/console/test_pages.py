@@ -6,13 +6,12 @@ from __future__ import annotations
 import html
 import json
 import re
-import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
 from werkzeug.test import Client
 
 from bot.channels.slack.server import WebApp
@@ -24,25 +23,14 @@ from bot.core.announcements import sends
 from bot.core.announcements.templates import render
 from bot.core.surveys.report import run_results
 from bot.service import Service
-from bot.store.models import AnnouncementSend, AuditLog, Delivery
+from bot.store.models import AnnouncementSend, Delivery
 from tests.auxil.running import ADMIN, bot_settings
 from tests.auxil.surveys import insert_run
-from tests.console.conftest import PUBLIC_URL, Shift, sign_in
+from tests.console.conftest import PUBLIC_URL, Shift, audited, git_in, git_repo, sign_in
 from tests.slack.fake_slack import FakeSlack
 from tests.teams.fake_connector import FakeTeams
 
 TEMPLATE = "messages/announcements/go-live-day.md"
-
-
-@pytest.fixture
-def csrf(client: Client, console: Console) -> str:
-    return sign_in(client, console)
-
-
-def actions(service: Service) -> list[tuple[str, str, str]]:
-    with Session(service.db) as session:
-        rows = session.exec(select(AuditLog).order_by(col(AuditLog.id))).all()
-    return [(row.actor, row.action, row.detail) for row in rows]
 
 
 def drain(service: Service) -> None:
@@ -81,7 +69,7 @@ def test_a_bad_edit_is_refused_with_file_and_line_and_nothing_is_written(
     assert f"{TEMPLATE}:{line}" in response.text and "hypercare_end" in response.text
     assert "Not saved" in response.text and "hypercare_end }}" in response.text  # text kept
     assert path.read_text(encoding="utf-8") == before
-    assert not [a for a in actions(service) if a[1] == "console.template.save"]
+    assert not [a for a in audited(service) if a[1] == "console.template.save"]
 
 
 def test_removing_an_ack_button_the_plan_needs_is_refused(
@@ -113,7 +101,7 @@ def test_a_good_edit_is_written_reloaded_and_audited(
     assert "Hello" in service.announcer.content.templates["go-live-day"].body
     page = client.get("/console/templates/go-live-day")
     assert f"Saved {TEMPLATE}" in page.text
-    assert (ADMIN, "console.template.save", TEMPLATE) in actions(service)
+    assert (ADMIN, "console.template.save", TEMPLATE) in audited(service)
 
 
 def test_a_save_in_a_git_repository_is_a_commit_by_the_admin(
@@ -121,14 +109,7 @@ def test_a_save_in_a_git_repository_is_a_commit_by_the_admin(
 ) -> None:
     root = service.settings.content_dir
 
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True)
-        assert done.returncode == 0, done.stderr
-        return done.stdout.strip()
-
-    git("init", "-q")
-    git("add", ".")
-    git("-c", "user.name=Setup", "-c", "user.email=setup@example.com", "commit", "-qm", "start")
+    git = git_repo(root)
     path = root / TEMPLATE
     text = path.read_text(encoding="utf-8").replace("Good morning", "Hello")
     response = client.post("/console/templates/go-live-day", data={"csrf": csrf, "source": text})
@@ -256,7 +237,7 @@ def test_send_now_asks_to_confirm_then_queues_through_the_core(
     assert json.loads(row.audience) == ["users:U1,U2"]
     assert any(
         a[1] == "announce.send" and a[2].startswith(f"#{send_id} go-live-day")
-        for a in actions(service)
+        for a in audited(service)
     )
 
     drain(service)
@@ -324,7 +305,7 @@ def test_failures_are_grouped_with_what_to_do_and_can_be_resent(
     resent = client.post(f"/console/sends/{send_id}/resend", data={"csrf": csrf})
     assert resent.status_code == 303
     assert "1 failed deliveries" in client.get(resent.headers["Location"]).text
-    assert any(a[1] == "announce.resend" for a in actions(service))
+    assert any(a[1] == "announce.resend" for a in audited(service))
 
 
 def test_cancel_and_recall_need_the_box_ticked_then_go_through_the_core(
@@ -339,7 +320,7 @@ def test_cancel_and_recall_need_the_box_ticked_then_go_through_the_core(
     client.post(f"/console/sends/{send_id}/recall", data={"csrf": csrf, "sure": "yes"})
     with Session(service.db) as session:
         assert session.exec(select(Delivery)).one().op == "delete"
-    assert any(a[1] == "announce.recall" for a in actions(service))
+    assert any(a[1] == "announce.recall" for a in audited(service))
     update = client.post(f"/console/sends/{send_id}/update", data={"csrf": csrf})
     assert update.status_code == 303
     assert client.post(f"/console/sends/{send_id}/explode", data={"csrf": csrf}).status_code == 404
@@ -432,7 +413,7 @@ def test_a_new_template_is_refused_for_a_bad_or_taken_id_then_created_committed_
     client: Client, csrf: str, service: Service
 ) -> None:
     root = service.settings.content_dir
-    git = _git(root)
+    git = git_in(root)
     git("init", "-q")
     git("add", ".")
     git("-c", "user.name=Setup", "-c", "user.email=setup@example.com", "commit", "-qm", "start")
@@ -446,7 +427,7 @@ def test_a_new_template_is_refused_for_a_bad_or_taken_id_then_created_committed_
         assert "is not a template id" in client.get(refused.headers["Location"]).text
     taken = client.post("/console/templates/new", data={"csrf": csrf, "id": "go-live-day"})
     assert "exists already" in client.get(taken.headers["Location"]).text
-    assert not [a for a in actions(service) if a[1] == "console.template.create"]
+    assert not [a for a in audited(service) if a[1] == "console.template.create"]
     assert sorted(p.name for p in (root / "messages/announcements").iterdir()) == before
 
     made = client.post("/console/templates/new", data={"csrf": csrf, "id": "payroll-reminder"})
@@ -465,7 +446,7 @@ def test_a_new_template_is_refused_for_a_bad_or_taken_id_then_created_committed_
         ADMIN,
         "console.template.create",
         f"messages/announcements/payroll-reminder.md (commit {git('rev-parse', '--short', 'HEAD')})",
-    ) in actions(service)
+    ) in audited(service)
     # then the ordinary editor saves it
     text = path.read_text(encoding="utf-8").replace("Write the message here", "Payroll runs")
     assert (
@@ -476,15 +457,6 @@ def test_a_new_template_is_refused_for_a_bad_or_taken_id_then_created_committed_
     )
     assert "Payroll runs" in service.announcer.content.templates["payroll-reminder"].body
     assert git("status", "--porcelain") == ""
-
-
-def _git(root: Path) -> Callable[..., str]:
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True)
-        assert done.returncode == 0, done.stderr
-        return done.stdout.strip()
-
-    return git
 
 
 # --- the Teams card preview ----------------------------------------------------------------
@@ -626,7 +598,7 @@ def test_the_manage_buttons_fit_the_sends_state(
     assert "Not done: it was recalled" in client.get(stale.headers["Location"]).text
     with Session(service.db) as session:
         assert session.get(Delivery, failed_id).state == "failed"  # type: ignore[union-attr]
-    assert [a for a in actions(service) if a[1] == "announce.resend"] == []
+    assert [a for a in audited(service) if a[1] == "announce.resend"] == []
 
     clean = make_send(service, "users:U1")
     drain(service)
@@ -635,5 +607,5 @@ def test_the_manage_buttons_fit_the_sends_state(
     assert manage(client, later) == set()  # cancelled: nothing left to do
     again = client.post(f"/console/sends/{later}/cancel", data={"csrf": csrf, "sure": "yes"})
     assert "Not done: nothing is left to send" in client.get(again.headers["Location"]).text
-    assert len([a for a in actions(service) if a[1] == "announce.cancel"]) == 1
+    assert len([a for a in audited(service) if a[1] == "announce.cancel"]) == 1
     assert client.post(f"/console/sends/{clean}/recall", data={"sure": "yes"}).status_code == 400

@@ -10,31 +10,20 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
 from werkzeug.test import Client
 
 from bot.console.app import Console
 from bot.core.surveys.report import run_results, runs_of
 from bot.service import Service
-from bot.store.models import AuditLog, SurveyRun, SurveyShare
+from bot.store.models import SurveyRun, SurveyShare
 from tests.auxil.running import ADMIN, bot_settings
 from tests.auxil.surveys import QUICK, insert_run, load_survey
-from tests.console.conftest import sign_in
+from tests.console.conftest import audited, sign_in
 from tests.slack.fake_slack import FakeSlack
 
 STAGES = ("awareness", "desire", "knowledge", "ability", "reinforcement")
 Rows = list[tuple[dict[str, Any], dict[str, str]]]
-
-
-@pytest.fixture
-def csrf(client: Client, console: Console) -> str:
-    return sign_in(client, console)
-
-
-def actions(service: Service) -> list[tuple[str, str, str]]:
-    with Session(service.db) as session:
-        rows = session.exec(select(AuditLog).order_by(col(AuditLog.id))).all()
-    return [(row.actor, row.action, row.detail) for row in rows]
 
 
 def rows(
@@ -295,8 +284,8 @@ def test_start_asks_for_confirmation_then_starts_once(
     runs = runs_of(service.db, "readiness")
     assert [(r.number, r.state) for r in runs] == [(1, "planned")]
     assert (runs[0].closes_at - runs[0].starts_at).days == 3
-    assert actions(service)[-1][:2] == (ADMIN, "survey.start")
-    assert "users:U1,U2" in actions(service)[-1][2]
+    assert audited(service)[-1][:2] == (ADMIN, "survey.start")
+    assert "users:U1,U2" in audited(service)[-1][2]
     again = client.post("/console/surveys/readiness/start", data={**form, "confirm": "yes"})
     assert again.status_code == 422 and "still planned" in again.text
     assert len(runs_of(service.db, "readiness")) == 1
@@ -329,7 +318,7 @@ def test_every_post_needs_the_csrf_token(client: Client, csrf: str, service: Ser
         refused = client.post(path, data={**data, "csrf": "forged"})
         assert refused.status_code == 400 and "expired" in refused.text
     assert [r.state for r in runs_of(service.db, "readiness")] == ["open"]
-    assert not [a for a in actions(service) if a[1].startswith("survey.")]
+    assert not [a for a in audited(service) if a[1].startswith("survey.")]
 
 
 def test_close_needs_the_tick_then_closes_and_is_audited(
@@ -353,10 +342,10 @@ def test_close_needs_the_tick_then_closes_and_is_audited(
     assert closed.status_code == 303
     assert runs_of(service.db, "readiness")[0].state == "closed"
     assert "Closed run 1" in client.get("/console/surveys/readiness").text
-    assert actions(service)[-1] == (ADMIN, "survey.close", "readiness run 1")
+    assert audited(service)[-1] == (ADMIN, "survey.close", "readiness run 1")
     client.post("/console/surveys/readiness/runs/1/close", data={"csrf": csrf, "sure": "yes"})
     assert "already closed" in client.get("/console/surveys/readiness").text
-    assert [a[1] for a in actions(service)].count("survey.close") == 1
+    assert [a[1] for a in audited(service)].count("survey.close") == 1
     assert (
         client.post(
             "/console/surveys/readiness/runs/7/close", data={"csrf": csrf, "sure": "yes"}
@@ -390,7 +379,7 @@ def test_share_previews_then_sends_once_and_is_audited(
     with Session(service.db) as session:
         shares = session.exec(select(SurveyShare)).all()
     assert [(s.run_id, s.note) for s in shares] == [(run_id, note)]
-    assert actions(service)[-1] == (ADMIN, "survey.share", "readiness run 1 to 12 (console)")
+    assert audited(service)[-1] == (ADMIN, "survey.share", "readiness run 1 to 12 (console)")
     twice = client.post(
         "/console/surveys/readiness/runs/1/share",
         data={"csrf": csrf, "note": note, "confirm": "yes", "shared": "0"},
@@ -415,7 +404,7 @@ def test_share_refuses_an_open_run_and_suppressed_results(
     assert "Send to" not in few.text
     with Session(service.db) as session:
         assert session.exec(select(SurveyShare)).all() == []
-    assert not [a for a in actions(service) if a[1] == "survey.share"]
+    assert not [a for a in audited(service) if a[1] == "survey.share"]
 
 
 def test_a_non_admin_is_refused(
@@ -476,7 +465,7 @@ def test_the_csv_export_holds_published_figures_only_and_spreadsheet_safe_commen
     assert ",everyone,responses,,10" in text and "Head office" not in text
     assert "'=HYPERLINK(" in text and "\n=HYPERLINK" not in text and ",=HYPERLINK" not in text
     rows_out = len(text.splitlines()) - 1
-    assert (ADMIN, "console.survey.export", f"readiness run 1 ({rows_out} rows)") in actions(
+    assert (ADMIN, "console.survey.export", f"readiness run 1 ({rows_out} rows)") in audited(
         service
     )
 

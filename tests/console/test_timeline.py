@@ -4,7 +4,6 @@ around them, from the same plan functions as `mobilize announce plan` and the su
 from __future__ import annotations
 
 import re
-import subprocess
 from datetime import datetime, time, timedelta
 from pathlib import Path
 
@@ -17,8 +16,7 @@ from bot.core.announcements.plan import occurrences
 from bot.core.surveys.definitions import recipient_times, runs
 from bot.service import Service
 from tests.auxil.running import ADMIN, bot_settings
-from tests.console.conftest import csrf_of, sign_in
-from tests.console.test_pages import actions
+from tests.console.conftest import audited, csrf_of, git_repo, sign_in
 from tests.slack.fake_slack import FakeSlack
 
 
@@ -267,7 +265,7 @@ def test_saving_a_move_edits_only_that_line_reloads_and_is_audited(
         ADMIN,
         "console.milestone.move",
         f"go_live: 2027-04-06 -> 2027-04-13 in {ROLLOUT}",
-    ) in actions(service)
+    ) in audited(service)
     page = client.get("/console/timeline").text
     assert "Moved go_live to Tue 13 Apr 2027" in page
     assert (
@@ -281,14 +279,7 @@ def test_a_move_in_a_git_repository_is_a_commit_by_the_admin(
 ) -> None:
     root = service.settings.content_dir
 
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True)
-        assert done.returncode == 0, done.stderr
-        return done.stdout.strip()
-
-    git("init", "-q")
-    git("add", ".")
-    git("-c", "user.name=Setup", "-c", "user.email=setup@example.com", "commit", "-qm", "start")
+    git = git_repo(root)
     csrf = sign_in(client, console)
     assert save_move(client, csrf, "pilot_ends", "2027-02-25").status_code == 303
     assert git("log", "-1", "--format=%an <%ae>|%s") == (
@@ -297,7 +288,7 @@ def test_a_move_in_a_git_repository_is_a_commit_by_the_admin(
     assert git("status", "--porcelain") == ""
     assert git("show", "--stat", "--format=", "HEAD").startswith(ROLLOUT)
     commit = git("rev-parse", "--short", "HEAD")
-    assert any(a[1] == "console.milestone.move" and commit in a[2] for a in actions(service))
+    assert any(a[1] == "console.milestone.move" and commit in a[2] for a in audited(service))
     assert f"Committed as {commit}" in client.get("/console/timeline").text
 
 
@@ -334,7 +325,7 @@ def test_a_bad_date_or_a_move_that_breaks_the_plan_is_refused_and_nothing_is_wri
 
     assert path.read_bytes() == original
     assert str(service.announcer.content.rollout.milestones["training_deadline"]) == "2027-03-19"
-    assert not [a for a in actions(service) if a[1] == "console.milestone.move"]
+    assert not [a for a in audited(service) if a[1] == "console.milestone.move"]
 
 
 def test_a_move_without_the_csrf_token_or_by_a_non_admin_is_refused(
@@ -365,4 +356,4 @@ def test_a_move_without_the_csrf_token_or_by_a_non_admin_is_refused(
     refused = save_move(client, csrf, "go_live", "2027-04-13")
     assert refused.status_code == 403 and "Not an admin" in refused.text
     assert path.read_bytes() == original
-    assert not [a for a in actions(service) if a[1] == "console.milestone.move"]
+    assert not [a for a in audited(service) if a[1] == "console.milestone.move"]

@@ -31,7 +31,7 @@ from itertools import pairwise
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine
+from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
 import bot.core.surveys.results as results
@@ -366,3 +366,10 @@ def runs_of(db: Engine, survey_id: str) -> list[SurveyRun]:
                 .order_by(col(SurveyRun.number))
             ).all()
         )
+
+
+def run_counts(session: Session, run_id: int | None) -> tuple[int, int]:
+    """(invited, answered) for a run: how many, never who or what."""
+    invited = session.exec(select(func.count()).where(SurveyInvitation.run_id == run_id)).one()
+    answered = session.exec(select(func.count()).where(SurveyResponse.run_id == run_id)).one()
+    return int(invited), int(answered)
