@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlmodel import Session
+from sqlalchemy import inspect, text, update
+from sqlmodel import Session, col
 
 from bot.core.announcements import sends
 from bot.core.announcements.audience import resolve
 from bot.core.outbox import resolve_unknown
 from bot.core.surveys.report import results_message
+from bot.core.surveys.runs import CLOSED_TEXT
 from bot.service import Service
 from bot.store.models import Delivery
 from tests.auxil.db import committed
@@ -351,3 +353,50 @@ def _save_button(card: dict[str, Any], question: str) -> dict[str, Any]:
         if action.get("title") == "Save" and options and f"|{question}|" in options[0]:
             return action
     raise AssertionError(f"no Save button for {question}")
+
+
+def test_a_teams_answer_tells_the_database_holder_nothing_of_who(bot: Bot) -> None:
+    """The attacker of tests/core/surveys/test_attacks.py, on Teams: they snapshot every table
+    before and after one person answers through a card, and read the chat after the close."""
+    surveys = bot.service.surveys
+    alice, chika = bot.id("alice"), bot.id("chika")
+    run_id = surveys.start_adhoc(survey_id="quick", audience=[f"users:{alice},{chika}"], by=chika)
+    bot.deliver()
+    card = bot.last_card("alice", "Quick pulse")
+
+    def snapshot() -> dict[str, list[tuple[str, ...]]]:
+        found = {}
+        with bot.service.db.connect() as connection:
+            for table in inspect(bot.service.db).get_table_names():
+                rows = connection.execute(text(f'SELECT * FROM "{table}"')).all()
+                found[table] = sorted(tuple(str(v) for v in row) for row in rows)
+        return found
+
+    before = snapshot()
+    answer = bot.click("alice", card, "4")
+    assert answer["type"] == "application/vnd.microsoft.card.adaptive"  # she sees her answer
+    after = snapshot()
+    changed = {table for table in before if before[table] != after[table]}
+    # Only the sealed answer row: no ledger entry of the click, no delivery touched, and
+    # nothing in the new row that names alice, her chat, or even the question.
+    assert changed == {"survey_response"}
+    (row,) = set(after["survey_response"]) - set(before["survey_response"])
+    conversation = bot.teams.directory.personal_conversation_id(bot.teams.user("alice"))
+    assert not any(alice in v or conversation in v or "ready" in v for v in row)
+
+    # After the close, the card in alice's chat no longer shows what she answered.
+    assert surveys.close(run_id)
+    with Session(bot.service.db) as session:  # the minute's grace for late clicks passes
+        session.execute(
+            update(Delivery)
+            .where(col(Delivery.op) == "update")
+            .values(op_not_before=datetime.now(UTC))
+        )
+        session.commit()
+    bot.deliver()
+    bot.teams.wait_for(
+        "UpdateActivity",
+        where=lambda _: CLOSED_TEXT in card_text(bot.last_card("alice", "Quick pulse")),
+    )
+    shown = card_text(bot.last_card("alice", "Quick pulse"))
+    assert "✓" not in shown
