@@ -58,10 +58,37 @@ class Rollout:
         return now.astimezone(self.zone).date()
 
 
+# libyaml's loader when PyYAML was built with it: content is parsed at every start and reload,
+# and the pure-Python parser took ~0.4 s of `mobilize run`'s start (benchmarks/serving.py).
+# Its error messages are worded differently, so a document it refuses is parsed again by the
+# pure-Python loader, whose messages and marks are the ones reported.
+_FAST_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def load_yaml(text: str) -> Any:
+    """`yaml.safe_load`, on libyaml when available (the same values; errors as PyYAML's)."""
+    try:
+        return yaml.load(text, Loader=_FAST_LOADER)
+    except yaml.YAMLError:
+        if _FAST_LOADER is yaml.SafeLoader:
+            raise
+    return yaml.safe_load(text)
+
+
+def compose_yaml(text: str) -> yaml.Node | None:
+    """`yaml.compose` (nodes with their line marks), on libyaml when available."""
+    try:
+        return yaml.compose(text, Loader=_FAST_LOADER)
+    except yaml.YAMLError:
+        if _FAST_LOADER is yaml.SafeLoader:
+            raise
+    return yaml.compose(text, Loader=yaml.SafeLoader)
+
+
 def key_lines(text: str, *, offset: int = 0) -> dict[str, int]:
     """Line (1-based, plus `offset`) of each top-level key of a YAML mapping; empty if not one."""
     try:
-        node = yaml.compose(text)
+        node = compose_yaml(text)
     except yaml.YAMLError:
         return {}
     if not isinstance(node, yaml.MappingNode):
@@ -76,7 +103,7 @@ def key_lines(text: str, *, offset: int = 0) -> dict[str, int]:
 def parse_yaml(text: str, path: Path, *, offset: int = 0) -> tuple[Any, list[ContentError]]:
     """Parse YAML, turning syntax errors into ContentErrors at the right line."""
     try:
-        return yaml.safe_load(text), []
+        return load_yaml(text), []
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         if exc.context_mark and "stream end" in (exc.problem or ""):

@@ -74,7 +74,7 @@ from typing import Any, Literal, cast
 import yaml
 
 from bot.core.announcements.plan import NAME_PATTERN, parse_audience
-from bot.core.content import ContentError, Rollout, parse_yaml
+from bot.core.content import ContentError, Rollout, compose_yaml, parse_yaml
 from bot.core.schedule import (
     EARLIEST_ZONE,
     DateExpr,
@@ -477,7 +477,7 @@ def _read(path: Path, errors: list[ContentError]) -> tuple[Any, _Node | None]:
     if parse_errors:
         errors.extend(parse_errors)
         return None, None
-    return data, _Node(data, yaml.compose(text), 1)
+    return data, _Node(data, compose_yaml(text), 1)
 
 
 # ---------------------------------------------------------------------------- surveys
@@ -889,7 +889,7 @@ def _schedule_items(path: Path, errors: list[ContentError]) -> list[_Node]:
         # Syntax and shape errors of whole schedule files are load_rollout's and load_plan's
         # to report; saying them twice in `mobilize check` is noise.
         return []
-    root = _Node(data, yaml.compose(text), 1)
+    root = _Node(data, compose_yaml(text), 1)
     listed = root.get("surveys")
     if not isinstance(listed.value, list):
         errors.append(
