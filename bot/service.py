@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -18,16 +19,21 @@ from bot.channels.slack.app import Admins, build_app
 from bot.channels.slack.chat import SlackChat, make_client
 from bot.channels.slack.directory import SlackDirectory
 from bot.channels.slack.sender import SlackSender, outbox_client
-from bot.channels.slack.server import HttpServer, WebApp
+from bot.channels.slack.server import EarlyAcks, HttpServer, WebApp
 from bot.config import Settings
-from bot.console import build_console
 from bot.core.announcements.announcer import Announcer
 from bot.core.announcements.audience import Directories, Directory
 from bot.core.content import ContentError, ContentErrors
 from bot.core.faq.desk import FaqDesk
-from bot.core.faq.embed import CachedEmbedder, Embedder, load_embedder, model_cache_dir
+from bot.core.faq.embed import (
+    CachedEmbedder,
+    Embedder,
+    load_embedder,
+    model_cache_dir,
+    release_free_memory,
+)
 from bot.core.faq.engine import FaqEngine
-from bot.core.messages import Address, Chat, Chats, say
+from bot.core.messages import Address, Chat, Chats, Message, say
 from bot.core.outbox import Limits, Sender
 from bot.core.platforms import SLACK, TEAMS
 from bot.core.surveys.runner import SurveyRunner
@@ -38,8 +44,10 @@ from bot.store.embeddings import DbEmbeddingCache
 if TYPE_CHECKING:  # the Teams SDK is imported only when Teams is configured
     from bot.channels.teams.app import TeamsEndpoint
     from bot.channels.teams.platform import TeamsParts
+    from bot.console.app import Console
 
 log = logging.getLogger(__name__)
+StartResponse = Callable[..., Any]
 
 
 def make_embedder(settings: Settings, db: Engine) -> Embedder | None:
@@ -67,6 +75,44 @@ def slack_client(settings: Settings, *, max_retries: int | None = None) -> WebCl
         base_url=settings.slack_api_url,
         max_retries=settings.slack_max_retries if max_retries is None else max_retries,
     )
+
+
+class LazyConsole:
+    """The comms lead's console (bot.console), built when first used: its first request at
+    /console or an admin's first `console` in chat. Flask and the console's pages are then
+    not imported at start, which `mobilize run` waits for (benchmarks/serving.py)."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self._console: Console | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> Console:
+        with self._lock:
+            if self._console is None:
+                from bot.console import build_console
+
+                self._console = build_console(self.service)
+            return self._console
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        """A WSGI app for the paths under /console."""
+        try:
+            console = self.get()
+        except Exception:  # a console that cannot be built must not take the bot with it
+            log.exception("the console could not be started")
+            start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
+            return [b"The console is not available just now; the bot's log says why.\n"]
+        return console(environ, start_response)
+
+    def reply(self, user_id: str) -> Message:
+        """What the bot answers an admin's `console` with in a 1:1 chat (a one-time link)."""
+        try:
+            console = self.get()
+        except Exception:
+            log.exception("the console could not be started")
+            return say("The console is not available just now; the bot's log says why.")
+        return console.links.reply(user_id)
 
 
 @dataclass
@@ -195,7 +241,12 @@ class Service:
         if errors:
             raise ContentErrors(errors)
         self.admins = Admins(self.client, users=settings.admin_ids, group=settings.admin_group)
-        self.console = build_console(self)  # the comms lead's web console at /console
+        self.console = LazyConsole(self)  # the comms lead's web console at /console
+        # Over HTTP, events and survey clicks are acked before any work on them (Socket Mode
+        # acks each envelope itself: bot.channels.slack.socket_mode).
+        self.early = (
+            EarlyAcks(settings.slack_signing_secret) if settings.slack_signing_secret else None
+        )
         self.app = build_app(
             client=self.client,
             signing_secret=settings.slack_signing_secret,
@@ -205,7 +256,8 @@ class Service:
             admins=self.admins,
             announcer=self.announcer,
             surveys=self.surveys.desk,
-            console=self.console.links.reply,
+            console=self.console.reply,
+            early=self.early,
         )
         self.teams: TeamsEndpoint | None = None
         if self.platforms.teams is not None:  # Teams at POST /api/messages, next to Slack's
@@ -219,10 +271,11 @@ class Service:
                 chat=self.platforms.teams.chat,
                 announcer=self.announcer,
                 surveys=self.surveys.desk,
-                console=self.console.links.reply,
+                console=self.console.reply,
             )
         self._stop = threading.Event()
         self.scheduler: BackgroundScheduler | None = None
+        release_free_memory()  # what building all this used and freed goes back to the system
 
     def report_content_errors(self, errors: list[ContentError]) -> None:
         """Tell the admins what is wrong; the last good content keeps serving."""
@@ -306,11 +359,15 @@ class Service:
 
     def http_server(self, *, port: int, host: str = "0.0.0.0") -> HttpServer:
         slack = self.app if self.settings.slack_enabled else None
-        web = WebApp(slack, ready=self.ready.is_set, teams=self.teams, console=self.console)
+        web = WebApp(
+            slack, ready=self.ready.is_set, teams=self.teams, console=self.console, early=self.early
+        )
         return HttpServer(web, host=host, port=port)
 
     def stop(self) -> None:
         self._stop.set()
+        if self.early is not None:
+            self.early.close()
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
         jobs.RUNNING.pop("default", None)

@@ -7,6 +7,7 @@ import logging
 import re
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -20,6 +21,7 @@ from sqlalchemy import Engine
 from bot.channels.slack.chat import SlackChat, call, slack_error_code
 from bot.channels.slack.clicks import ACKS_FIRST, Confirmations, respond
 from bot.channels.slack.render import action_id_of, to_blocks, to_payload
+from bot.channels.slack.server import EarlyAcks
 from bot.channels.slack.text import parse, question
 from bot.core import messages as m
 from bot.core.announcements.announcer import Announcer
@@ -50,8 +52,11 @@ def build_app(
     announcer: Announcer | None = None,
     surveys: SurveyDesk | None = None,
     console: Callable[[str], m.Message] | None = None,
+    early: EarlyAcks | None = None,
 ) -> App:
-    """A Bolt app answering DMs, mentions and /ask, with feedback, escalation and App Home."""
+    """A Bolt app answering DMs, mentions and /ask, with feedback, escalation and App Home.
+    `early`: the HTTP server's requests acked before Bolt sees them (survey answer clicks are
+    registered with it)."""
     app = App(
         client=client,
         signing_secret=signing_secret,
@@ -89,10 +94,39 @@ def build_app(
         if body.get("event_id"):
             ledger.done(str(body["event_id"]))
 
+    # Messages and mentions are answered on a few threads of their own, each once the requests
+    # in flight are acked: dozens of answers at once on 2 cores only take the GIL from the
+    # acks (200 DMs in a second were acked at p99 ~0.35 s with one answer per listener
+    # thread; benchmarks/dm_burst.py) and finish no sooner (Slack takes ~1 a second per DM).
+    # Each conversation's on the same thread: one person's messages are answered in order.
+    said_threads = [
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"said-{n}")
+        for n in range(SAID_THREADS)
+    ]
+
+    def said_later(handle: Callable[[dict[str, Any], dict[str, Any]], None], *args: Any) -> None:
+        event = args[0]
+        where = str(event.get("channel") or event.get("user") or "")
+        thread = said_threads[zlib.crc32(where.encode()) % len(said_threads)]
+        thread.submit(answer_said, handle, *args)
+
+    def answer_said(
+        handle: Callable[[dict[str, Any], dict[str, Any]], None],
+        event: dict[str, Any],
+        context: dict[str, Any],
+        body: dict[str, Any],
+    ) -> None:
+        ACKS_FIRST.wait()
+        try:
+            handle(event, context)
+        except Exception:  # the pool would drop it silently
+            log.exception("answering a %s event failed", event.get("type", "?"))
+            return  # not marked handled: a retry of it is handled again
+        handled(body)
+
     @app.event("message")
     def on_message(event: dict[str, Any], context: dict[str, Any], body: dict[str, Any]) -> None:
-        message_event(event, context)
-        handled(body)  # not reached when handling raised: Slack's retry tries again
+        said_later(message_event, event, context, body)
 
     def message_event(event: dict[str, Any], context: dict[str, Any]) -> None:
         if (
@@ -105,8 +139,7 @@ def build_app(
 
     @app.event("app_mention")
     def on_mention(event: dict[str, Any], context: dict[str, Any], body: dict[str, Any]) -> None:
-        mention_event(event, context)
-        handled(body)
+        said_later(mention_event, event, context, body)
 
     def mention_event(event: dict[str, Any], context: dict[str, Any]) -> None:
         if event.get("bot_id") or not event.get("user"):
@@ -177,17 +210,27 @@ def build_app(
             chat.post(only_for, reply.message)
 
     # Survey clicks come in bursts (everyone is invited at 10:00). Each is acked at once and
-    # stored behind, by one thread in arrival order: a burst never holds up the acks Slack
-    # needs within 3 s (more threads only take the GIL from the acks: see
-    # benchmarks/survey_clicks.py), and one person's clicks are stored in the order they came.
-    # The thread only stores: showing the answer in Slack is the confirmations' job, so
-    # storing never waits behind Slack.
-    clicks = ThreadPoolExecutor(max_workers=1, thread_name_prefix="survey-clicks")
+    # stored behind by CLICK_STORERS threads, each person's clicks always by the same one, in
+    # the order they came: a burst never holds up the acks Slack needs within 3 s, and one
+    # person's answers are stored in the order they clicked. Storing an answer is mostly
+    # waiting on the database (a few statements and commits: ~10 ms each on PostgreSQL, where
+    # one thread stored 1,000 clicks 10.5 s after the last; benchmarks/survey_clicks.py), so a
+    # few threads store them side by side. They only store: showing the answer in Slack is the
+    # confirmations' job, so storing never waits behind Slack.
+    storers = [
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"survey-clicks-{n}")
+        for n in range(CLICK_STORERS)
+    ]
+
+    def store_click(user_id: str, *args: Any) -> None:
+        """Queue a click on its person's storing thread (the same one for all their clicks)."""
+        ACKS_FIRST.queue_store()
+        storers[zlib.crc32(user_id.encode()) % len(storers)].submit(record_answer, *args)
 
     def record_answer(
         interaction: m.Interaction, response_url: str, run_id: int, question_id: str, value: Any
     ) -> None:
-        ACKS_FIRST.wait()  # a burst's acks first; the answers are stored right after
+        ACKS_FIRST.wait(quiet=STORE_QUIET)  # a burst's acks first; its answers right after
         try:
             reply = conversation.answer(
                 user_id=interaction.user_id, run_id=run_id, question_id=question_id, value=value
@@ -195,6 +238,8 @@ def build_app(
         except Exception:  # the executor would drop it silently
             log.exception("storing a survey answer failed")
             return
+        finally:
+            ACKS_FIRST.stored()
         if reply is None:
             return
         if reply.private:  # the run has closed: a polite notice for this person only
@@ -204,9 +249,8 @@ def build_app(
         posted = Posted(interaction.channel_id, interaction.message_ts)
         confirmations.show(posted, reply.message, response_url)
 
-    @app.action(re.compile(r"^survey\.answer"))
-    def on_survey_answer(ack: Ack, body: dict[str, Any], action: dict[str, Any]) -> None:
-        ack()
+    def take_survey_answer(body: dict[str, Any], action: dict[str, Any]) -> None:
+        """Queue one answer click for storing (in the request's thread, so in arrival order)."""
         EVENTS.labels(kind="survey_answer").inc()
         if surveys is None:
             return
@@ -214,7 +258,16 @@ def build_app(
         parsed = _survey_value(body, action)
         if parsed is None:
             return
-        clicks.submit(record_answer, interaction, str(body.get("response_url") or ""), *parsed)
+        url = str(body.get("response_url") or "")
+        store_click(interaction.user_id, interaction, url, *parsed)
+
+    @app.action(re.compile(r"^survey\.answer"))
+    def on_survey_answer(ack: Ack, body: dict[str, Any], action: dict[str, Any]) -> None:
+        ack()
+        take_survey_answer(body, action)
+
+    if early is not None:  # over HTTP: acked and queued before Bolt would see the click
+        early.action("survey.answer", take_survey_answer)
 
     @app.action(re.compile(r"^survey\.comment"))
     def on_survey_comment(ack: Ack, body: dict[str, Any], action: dict[str, Any]) -> None:
@@ -324,6 +377,14 @@ def build_app(
 
 # Threads of Bolt's listener pool (each request waits for its listener to ack from it).
 LISTENER_THREADS = 32
+# Threads answering messages and mentions.
+SAID_THREADS = 4
+# Threads storing survey answer clicks (each person's on one of them). Each answer waits until
+# no request came for STORE_QUIET seconds (at most ACKS_FIRST.limit): stored during a burst,
+# the answers took the GIL from the acks (1,000 clicks in 1 s acked at p99 ~1 s on 8 threads),
+# stored after it, all were in 2–3 s (benchmarks/survey_clicks.py).
+CLICK_STORERS = 8
+STORE_QUIET = 0.02
 # /ask: how long the command waits for its answer before acking empty and answering through
 # the response_url; threads computing the answers.
 ASK_BUDGET = 1.5
