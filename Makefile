@@ -39,6 +39,7 @@ bench-faq: $(STAMP)
 
 bench-serving: $(STAMP)
 	$(BIN)/python benchmarks/serving.py
+	$(BIN)/python benchmarks/dm_burst.py
 
 bench-delivery: $(STAMP)
 	$(BIN)/python benchmarks/audience_resolution.py

@@ -21,9 +21,13 @@ Slack. Run from the repository root:
     .venv/bin/python benchmarks/survey_clicks.py [--clicks 1000] [--window 1.0]
                                                  [--database-url postgresql+psycopg://…]
 
+The baseline, in the same run: the same clicks (signed anew) fired the same way at a bare Bolt
+app (no Mobilize) that acks them, served by the same HTTP server (`--child bare`).
+
 SQLite (a temporary file) by default; with --database-url postgresql+psycopg://… the run uses a
-private schema in that database and drops it afterwards. Exits 1 when a click is lost or the
-p99 is 3 s or more, or an invitation does not show its answer within STORE_TIMEOUT.
+private schema in that database and drops it afterwards. Exits 1 when a click is lost, the p99
+ack is over ACK_P99_FLOOR (Slack's own deadline is 3 s), the answers are not all stored within
+STORED_FLOOR of the last click, or an invitation does not show its answer within STORE_TIMEOUT.
 """
 
 from __future__ import annotations
@@ -68,7 +72,8 @@ from tests.slack.signing import (  # noqa: E402
 
 SURVEY = "readiness"
 QUESTION = "awareness"
-ACK_LIMIT = 3.0  # Slack's deadline for acknowledging an interaction
+ACK_P99_FLOOR = 0.3  # the issue's floor for the p99 ack of the burst
+STORED_FLOOR = 5.0  # ... and for every answer to be stored, seconds after the last click
 SECRET = "benchmark"  # MOBILIZE_SURVEY_SECRET; else a secret file is written in the cwd
 STORE_TIMEOUT = 120.0  # seconds after the last click for every answer to be in the database
 
@@ -109,10 +114,42 @@ def child_main() -> int:
     return 0
 
 
-def start_child(env: dict[str, str], log_path: Path) -> subprocess.Popen[str]:
+def bare_main() -> int:
+    """The baseline: a bare Bolt app (no Mobilize) acking every survey answer click, served by
+    the same HTTP server as the bot (bot.channels.slack.server, waitress)."""
+    import re
+
+    from slack_bolt import Ack, App
+    from slack_sdk import WebClient
+
+    from bot.channels.slack.server import HttpServer, WebApp
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    app = App(
+        client=WebClient(token=os.environ["SLACK_BOT_TOKEN"], base_url=os.environ["SLACK_API_URL"]),
+        signing_secret=SIGNING_SECRET,
+        token_verification_enabled=False,
+    )
+
+    @app.action(re.compile(r"^survey\.answer"))
+    def on_click(ack: Ack) -> None:
+        ack()
+
+    server = HttpServer(WebApp(app, ready=lambda: True), host="127.0.0.1", port=0)
+    server.start()
+    emit("ready", port=server.port)
+    stop.wait()
+    server.stop()
+    return 0
+
+
+def start_child(
+    env: dict[str, str], log_path: Path, *, bare: bool = False
+) -> subprocess.Popen[str]:
     with log_path.open("a") as log:
         return subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--child"],
+            [sys.executable, str(Path(__file__).resolve()), "--child"] + (["bare"] if bare else []),
             cwd=str(ROOT),
             env=env,
             stdout=subprocess.PIPE,
@@ -351,10 +388,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--database-url", default="", help="a scratch database (default: a temporary SQLite file)"
     )
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs="?", const="bot", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        return child_main()
+        return bare_main() if args.child == "bare" else child_main()
 
     with tempfile.TemporaryDirectory(prefix="mobilize-bench-") as tmp:
         folder = Path(tmp)
@@ -397,6 +434,17 @@ def main(argv: list[str] | None = None) -> int:
                 except subprocess.TimeoutExpired:
                     child.kill()
                 db.dispose()
+            # The baseline, same run: the bare Bolt app acking the same clicks (re-signed now).
+            bare = start_child(env, folder / "bare.log", bare=True)
+            try:
+                bare_port = int(wait_for_event(bare, "ready", timeout=120)["port"])
+                baseline = fire(bare_port, planned, window=args.window)
+            finally:
+                bare.terminate()
+                try:
+                    bare.wait(15)
+                except subprocess.TimeoutExpired:
+                    bare.kill()
             log = (folder / "child.log").read_text().splitlines()
             log_tail = "\n".join(log[-10:])
             errors = [line for line in log if " ERROR " in line]
@@ -415,21 +463,27 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(planned):,} invitations sent in {ready['invite_seconds']:.1f} s beforehand"
     )
     print()
-    print(f"{'':28} {'p50':>11} {'p99':>11} {'max':>11}")
-    print(f"{'ack (request → HTTP 200)':28} {ms(p50)} {ms(p99)} {ms(worst)}")
+    base = [t.seconds for t in baseline]
+    base_ok = sum(1 for t in baseline if t.status == 200)
+    print(f"{'':34} {'p50':>11} {'p99':>11} {'max':>11}")
+    print(f"{'ack (request → HTTP 200)':34} {ms(p50)} {ms(p99)} {ms(worst)}")
     print(
-        f"{'sent after planned time':28} {ms(percentile(late, 0.5))} "
+        f"{'  bare Bolt app (baseline)':34} {ms(percentile(base, 0.5))} "
+        f"{ms(percentile(base, 0.99))} {ms(max(base))}  ({base_ok:,} answered 200)"
+    )
+    print(
+        f"{'sent after planned time':34} {ms(percentile(late, 0.5))} "
         f"{ms(percentile(late, 0.99))} {ms(max(late))}"
     )
     print()
     lost = len(planned) - responses
     checks = [
         (f"HTTP 200 for every click ({len(ok):,}/{len(planned):,})", len(ok) == len(planned)),
-        (f"p99 ack < {ACK_LIMIT:g} s ({p99:.3f} s)", p99 < ACK_LIMIT),
+        (f"p99 ack ≤ {1000 * ACK_P99_FLOOR:.0f} ms ({1000 * p99:.0f} ms)", p99 <= ACK_P99_FLOOR),
         (
             f"every answer stored ({responses:,} responses, {found:,} people's answers found, "
-            f"all {all_stored:.1f} s after the last ack)",
-            responses == found == len(planned),
+            f"all {all_stored:.1f} s after the last ack; floor {STORED_FLOOR:g} s)",
+            responses == found == len(planned) and all_stored <= STORED_FLOOR,
         ),
         ("each stored value is the one clicked", values == expected),
         (
