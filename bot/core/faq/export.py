@@ -46,6 +46,7 @@ from bot.core.faq.onnx import (
     MANIFEST,
     MODEL_FILE,
     TOKENIZER_FILE,
+    WEIGHTS_FILE,
     OnnxEmbedder,
     export_dir,
     prune_old_exports,
@@ -119,6 +120,17 @@ def _export(model_name: str, source: str, target: Path) -> None:
             do_constant_folding=True,
             dynamo=False,
         )
+    import onnx
+
+    graph = onnx.load(str(target / MODEL_FILE))  # weights out of the graph (see WEIGHTS_FILE)
+    onnx.save_model(
+        graph,
+        str(target / MODEL_FILE),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=WEIGHTS_FILE,
+        size_threshold=1024,
+    )
     transformer.tokenizer.backend_tokenizer.save(str(target / TOKENIZER_FILE))
     manifest: dict[str, Any] = {
         "format": EXPORT_FORMAT,
