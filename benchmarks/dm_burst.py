@@ -33,17 +33,16 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
-from urllib.request import ProxyHandler, build_opener
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # also runnable as `python benchmarks/dm_burst.py`
     sys.path.insert(0, str(ROOT))
 
-from tests.slack.fake_slack import BOT_TOKEN, FakeSlack  # noqa: E402
+from tests.auxil.benchmarking import bot_environment, free_port, healthy, percentile  # noqa: E402
+from tests.slack.fake_slack import FakeSlack  # noqa: E402
 from tests.slack.signing import SIGNING_SECRET, event_body, signed_headers  # noqa: E402
 
 ACK_P99_FLOOR_S = 0.050
-_OPENER = build_opener(ProxyHandler({}))
 ANSWER_TIMEOUT = 180.0  # seconds after the last ack for every question to be answered
 
 
@@ -72,49 +71,6 @@ def child_main(kind: str, port: int) -> int:
 
     HttpServer(WebApp(app, ready=lambda: True), host="127.0.0.1", port=port).serve_forever()
     return 0
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def healthy(port: int) -> bool:
-    try:
-        with _OPENER.open(f"http://127.0.0.1:{port}/healthz", timeout=1) as response:
-            return int(response.status) == 200
-    except OSError:
-        return False
-
-
-def environment(slack_url: str, folder: Path) -> dict[str, str]:
-    """The child's settings: the loopback Slack, a SQLite file and the example content in
-    `folder`, the default model (as benchmarks/serving.py runs it)."""
-    env = dict(os.environ)
-    env.update(
-        {
-            "SLACK_API_URL": slack_url,
-            "SLACK_BOT_TOKEN": BOT_TOKEN,
-            "SLACK_SIGNING_SECRET": SIGNING_SECRET,
-            "DATABASE_URL": f"sqlite:///{folder / 'mobilize.db'}",
-            "MOBILIZE_CONTENT_DIR": str(folder / "content"),
-            "MOBILIZE_SURVEY_SECRET": "benchmark",
-            "MOBILIZE_LOG_LEVEL": "WARNING",
-            "HF_HUB_OFFLINE": "1",
-            "OPENBLAS_NUM_THREADS": "1",
-            "PYTHONUNBUFFERED": "1",
-            "NO_PROXY": "127.0.0.1,localhost",
-            "no_proxy": "127.0.0.1,localhost",
-        }
-    )
-    for name in ("SLACK_APP_TOKEN", "MOBILIZE_EMBEDDING_MODEL", "TEAMS_APP_ID"):
-        env.pop(name, None)
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY"):
-        env.pop(name, None)
-    return env
 
 
 def sender(index: int) -> str:
@@ -183,11 +139,6 @@ def fire(port: int, requests: list[bytes], *, window: float) -> list[tuple[float
         )
 
     return asyncio.run(all_requests())
-
-
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(share * (len(ordered) - 1))))]
 
 
 def answered(fake: FakeSlack, channels: set[str]) -> int:
@@ -269,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         with FakeSlack() as fake:
             for index in range(args.senders):
                 fake.add_user(sender(index), name=f"dm{index}", real_name=f"Sender {index}")
-            env = environment(fake.url, folder)
+            env = bot_environment(fake.url, folder)
             runs = {}
             for kind in ("bare", "mobilize"):
                 requests = [

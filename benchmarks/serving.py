@@ -30,18 +30,17 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
-from urllib.request import ProxyHandler, build_opener
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # also runnable as `python benchmarks/serving.py`
     sys.path.insert(0, str(ROOT))
 
-from tests.slack.fake_slack import BOT_TOKEN, FakeSlack  # noqa: E402
-from tests.slack.signing import SIGNING_SECRET, event_body, post, signed_headers  # noqa: E402
+from tests.auxil.benchmarking import bot_environment, free_port, healthy  # noqa: E402
+from tests.slack.fake_slack import FakeSlack  # noqa: E402
+from tests.slack.signing import event_body, post, signed_headers  # noqa: E402
 
 READY_FLOOR_S = 2.0
 RSS_FLOOR_MB = 250.0
-_OPENER = build_opener(ProxyHandler({}))
 
 
 def child_main(backend: str, port: int) -> int:
@@ -58,14 +57,6 @@ def child_main(backend: str, port: int) -> int:
     return 0
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def status(pid: int) -> dict[str, float]:
     """VmRSS and VmHWM of `pid`, in MB."""
     fields: dict[str, float] = {}
@@ -79,14 +70,6 @@ def status(pid: int) -> dict[str, float]:
 def imported(pid: int) -> bool:
     """Whether torch's shared library is mapped into `pid` (i.e. torch was imported)."""
     return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
-
-
-def healthy(port: int) -> bool:
-    try:
-        with _OPENER.open(f"http://127.0.0.1:{port}/healthz", timeout=1) as response:
-            return int(response.status) == 200
-    except OSError:
-        return False
 
 
 def person(index: int) -> str:
@@ -173,31 +156,6 @@ def one_start(
     }
 
 
-def environment(slack_url: str, folder: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        {
-            "SLACK_API_URL": slack_url,
-            "SLACK_BOT_TOKEN": BOT_TOKEN,
-            "SLACK_SIGNING_SECRET": SIGNING_SECRET,
-            "DATABASE_URL": f"sqlite:///{folder / 'mobilize.db'}",
-            "MOBILIZE_CONTENT_DIR": str(folder / "content"),
-            "MOBILIZE_SURVEY_SECRET": "benchmark",
-            "MOBILIZE_LOG_LEVEL": "WARNING",
-            "HF_HUB_OFFLINE": "1",
-            "OPENBLAS_NUM_THREADS": "1",
-            "PYTHONUNBUFFERED": "1",
-            "NO_PROXY": "127.0.0.1,localhost",
-            "no_proxy": "127.0.0.1,localhost",
-        }
-    )
-    for name in ("SLACK_APP_TOKEN", "MOBILIZE_EMBEDDING_MODEL", "TEAMS_APP_ID"):
-        env.pop(name, None)
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY"):
-        env.pop(name, None)
-    return env
-
-
 def example_questions(count: int) -> list[str]:
     import csv
 
@@ -230,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         with FakeSlack() as fake:
             for index in range(args.questions):
                 fake.add_user(person(index), name=f"bench{index}", real_name=f"Bench {index}")
-            env = environment(fake.url, folder)
+            env = bot_environment(fake.url, folder)
             started = time.perf_counter()
             first = one_start("onnx", env, fake, questions[:5], log)
             print(
