@@ -550,12 +550,8 @@ def register(app: Flask, console: Console, page: Page) -> None:
             check_shareable(run)
         except Refused as exc:
             return f"Nothing to share yet: {exc}."
-        report = _report(survey, run)
-        if report is None or report["overall"].get(SUPPRESSED):
-            return (
-                f"Nothing to share: fewer than {run.min_group} people answered, so no result "
-                "may be shown (that is the anonymity promise)."
-            )
+        # Hidden results are shared as `mobilize survey share` shares them: the message says
+        # how few answered (no figure), then what the programme will do.
         with Session(db) as work:
             invited = work.exec(
                 select(func.count()).where(col(SurveyInvitation.run_id) == run.id)

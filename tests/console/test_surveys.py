@@ -389,7 +389,7 @@ def test_share_previews_then_sends_once_and_is_audited(
         assert len(session.exec(select(SurveyShare)).all()) == 1
 
 
-def test_share_refuses_an_open_run_and_suppressed_results(
+def test_share_refuses_an_open_run_and_shares_hidden_results_without_figures(
     client: Client, csrf: str, service: Service
 ) -> None:
     insert(service, rows(12, {}), state="open")
@@ -399,12 +399,16 @@ def test_share_refuses_an_open_run_and_suppressed_results(
     assert still_open.status_code == 409 and "still open; share it once it closes" in (
         still_open.text
     )
-    few = client.post("/console/surveys/readiness/runs/2/share", data=data)
-    assert few.status_code == 409 and "fewer than 5 people answered" in few.text
-    assert "Send to" not in few.text
     with Session(service.db) as session:
         assert session.exec(select(SurveyShare)).all() == []
     assert not [a for a in audited(service) if a[1] == "survey.share"]
+    # Too few answered: shared as the CLI shares it, saying so, with no figure in it.
+    few = client.post(
+        "/console/surveys/readiness/runs/2/share", data={"csrf": csrf, "note": "Thanks"}
+    )
+    assert few.status_code == 200 and "Too few people answered" in few.text
+    preview = few.text.split("You said, we did", 1)[1].split("</main>", 1)[0]
+    assert "mean" not in preview and "eNPS" not in preview
 
 
 def test_a_non_admin_is_refused(
